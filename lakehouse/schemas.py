@@ -68,7 +68,10 @@ FRAMES = pa.schema(
         ("tstop", pa.float64()),  # end of exposure, BTJD [d]
         ("dquality", pa.int32()),  # SPOC DQUALITY bits of the frame
         ("barycorr", pa.float64()),  # barycentric correction applied at the CCD centre [d]
-        ("file_name", pa.string()),  # SPOC file name, e.g. tess2018206192942-s0001-1-1-0120-s_ffic.fits
+        (
+            "file_name",
+            pa.string(),
+        ),  # SPOC file name, e.g. tess2018206192942-s0001-1-1-0120-s_ffic.fits
         ("bkg_median", pa.float64()),  # median sky background per pixel [e-/s]
         ("dx", pa.float64()),  # pointing offset along columns vs the reference catalog [px]
         ("dy", pa.float64()),  # pointing offset along rows vs the reference catalog [px]
