@@ -10,7 +10,7 @@ are ranked by reference aperture flux, which makes ``star_id`` deterministic:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -70,7 +70,10 @@ def detect_stars(stack: ReferenceStack, nsigma: float = 5.0, fwhm: float = 1.65)
     (peak height above the local sky over the local pixel uncertainty). Only sources with
     centres on science pixels are kept.
     """
+    import photutils
     from photutils.detection import DAOStarFinder
+
+    photutils.future_column_names = True
 
     img = stack.image
     r0, r1, c0, c1 = science_bounds(img.shape)
@@ -87,13 +90,13 @@ def detect_stars(stack: ReferenceStack, nsigma: float = 5.0, fwhm: float = 1.65)
     data[~np.isfinite(data)] = 0.0
     noise = float(np.nanmedian(stack.uncert[r0:r1, c0:c1]))
     finder = DAOStarFinder(
-        threshold=nsigma * noise, fwhm=fwhm, exclude_border=False, sharplo=0.1, sharphi=1.5
+        threshold=nsigma * noise, fwhm=fwhm, exclude_border=False, sharpness_range=(0.1, 1.5)
     )
     found = finder(data)
     if found is None or len(found) == 0:
         return {"x": np.zeros(0), "y": np.zeros(0), "peak_snr": np.zeros(0)}
-    x = np.asarray(found["xcentroid"], dtype=float)
-    y = np.asarray(found["ycentroid"], dtype=float)
+    x = np.asarray(found["x_centroid"], dtype=float)
+    y = np.asarray(found["y_centroid"], dtype=float)
     keep = (x >= c0 - 0.5) & (x < c1 - 0.5) & (y >= r0 - 0.5) & (y < r1 - 0.5)
     x, y = x[keep], y[keep]
     ri = np.clip(np.rint(y).astype(int), 0, img.shape[0] - 1)
@@ -110,6 +113,45 @@ def _full_resolution(mesh, shape: tuple[int, int]) -> np.ndarray:
     return map_coordinates(mesh.level, [rr.ravel(), cc.ravel()], order=1, mode="nearest").reshape(
         shape
     )
+
+
+#: radius [px] that holds the whole PSF, for the curve of growth
+TOTAL_RADIUS = 5.0
+
+
+def aperture_corrections(
+    image: np.ndarray,
+    uncert: np.ndarray,
+    mesh,
+    x: np.ndarray,
+    y: np.ndarray,
+    radius: np.ndarray,
+    tmag: np.ndarray,
+) -> np.ndarray:
+    """Aperture correction per star: flux within TOTAL_RADIUS / flux within its radius (>= 1).
+
+    Measured on the reference stack for each distinct radius, as the median ratio over
+    bright (Tmag 7.5-14), isolated (no other star within 8 px) stars; 1.0 when fewer than
+    3 such stars exist. Multiplying an aperture flux by it estimates the star's total flux.
+    """
+    from scipy.spatial import cKDTree
+
+    correction = np.ones(len(x))
+    if len(x) < 2:
+        return correction
+    d, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
+    calib = (d[:, 1] > 8.0) & (tmag > 7.5) & (tmag < 14)
+    if calib.sum() < 3:
+        return correction
+    big = measure(
+        build_apertures(image.shape, x[calib], y[calib], TOTAL_RADIUS), image, uncert, mesh
+    )
+    for r in np.unique(radius):
+        small = measure(build_apertures(image.shape, x[calib], y[calib], r), image, uncert, mesh)
+        ok = (small.quality == 0) & (big.quality == 0) & (small.flux > 0)
+        if ok.sum() >= 3:
+            correction[radius == r] = max(1.0, float(np.median(big.flux[ok] / small.flux[ok])))
+    return correction
 
 
 def build_catalog(
@@ -135,10 +177,13 @@ def build_catalog(
     first = measure(build_apertures(img.shape, x, y, 2.0), img, unc, mesh)
     radius = aperture_radius(tmag_from_flux(first.flux))
     ref = measure(build_apertures(img.shape, x, y, radius), img, unc, mesh)
+    correction = aperture_corrections(img, unc, mesh, x, y, radius, tmag_from_flux(first.flux))
+    ref = replace(ref, flux=ref.flux * correction, flux_err=ref.flux_err * correction)
     good = np.isfinite(ref.flux) & (ref.flux > 0)
     order = np.argsort(-np.where(good, ref.flux, -np.inf), kind="stable")
     order = order[good[order]][:MAX_STARS]
     x, y, snr, radius = x[order], y[order], snr[order], radius[order]
+    correction = correction[order]
     flux, flux_err = ref.flux[order], ref.flux_err[order]
     if len(x):
         ra, dec = WCS(wcs_header).all_pix2world(x, y, 0)
@@ -160,6 +205,7 @@ def build_catalog(
             "ref_flux_err": flux_err,
             "tmag_est": tmag_from_flux(flux),
             "aperture_radius": radius,
+            "aperture_correction": correction,
             "peak_snr": snr,
             "tic_id": pa.nulls(n, pa.int64()),
         },

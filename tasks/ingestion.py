@@ -33,7 +33,7 @@ from tasks.background import BackgroundMesh, estimate_background, star_mask
 from tasks.catalog import build_catalog, median_stack
 from tasks.ffi import Frame, read_frame
 from tasks.photometry import build_apertures, measure, pointing_offset
-from tasks.sources import FrameRef, open_source
+from tasks.sources import FrameRef, LocalSource, open_source
 from tess_ffi import progress
 
 PIPELINE_VERSION = f"{tess_ffi.__version__}-phot1"
@@ -117,6 +117,7 @@ class StarSet:
     x: np.ndarray
     y: np.ndarray
     radius: np.ndarray
+    correction: np.ndarray  # aperture correction (total / in-aperture flux)
     offset_stars: np.ndarray  # indices of bright, isolated stars used for the pointing offset
 
     @classmethod
@@ -131,6 +132,7 @@ class StarSet:
             x=x,
             y=y,
             radius=radius,
+            correction=stars.column("aperture_correction").to_numpy(),
             offset_stars=_offset_stars(x, y, tmag),
         )
 
@@ -167,8 +169,8 @@ def photometer_frame(
         "star_id": stars.star_id,
         "cadence": np.full(n, meta.cadence, dtype=np.int32),
         "btjd": np.full(n, meta.btjd),
-        "flux": m.flux,
-        "flux_err": m.flux_err,
+        "flux": m.flux * stars.correction,
+        "flux_err": m.flux_err * stars.correction,
         "bkg": m.bkg,
         "x": m.x,
         "y": m.y,
@@ -245,10 +247,12 @@ def work_dir(partition: Partition, download_dir: str | None) -> Path:
 
 
 def _fetch(source, ref: FrameRef, dest: Path) -> tuple[Path, bool]:
-    """Fetch a frame; returns the local path and whether it is a download we may delete."""
+    """Fetch a frame; returns the local path and whether it is a download we may delete.
+
+    Files of a local source are read in place and never deleted.
+    """
     path = Path(source.fetch(ref, dest))
-    downloaded = path.resolve().parent == dest.resolve()
-    return path, downloaded
+    return path, not isinstance(source, LocalSource)
 
 
 # -------------------------------------------------------------- the tasks
@@ -353,4 +357,5 @@ def cleanup_downloads(partition: Partition, download_dir: str | None, keep_files
     if keep_files:
         return
     path = work_dir(partition, download_dir)
-    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        shutil.rmtree(path)
