@@ -10,12 +10,13 @@ are ranked by reference aperture flux, which makes ``star_id`` deterministic:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 from astropy.io.fits import Header
-from astropy.wcs import WCS
+from astropy.wcs import WCS, FITSFixedWarning
 from scipy.ndimage import binary_dilation, map_coordinates
 
 from lakehouse.schemas import STARS, star_id_base
@@ -179,14 +180,20 @@ def build_catalog(
     ref = measure(build_apertures(img.shape, x, y, radius), img, unc, mesh)
     correction = aperture_corrections(img, unc, mesh, x, y, radius, tmag_from_flux(first.flux))
     ref = replace(ref, flux=ref.flux * correction, flux_err=ref.flux_err * correction)
-    good = np.isfinite(ref.flux) & (ref.flux > 0)
+    # DAOStarFinder thresholds the kernel-convolved image; keep only sources that are also
+    # significant in their own pixels and aperture, which removes noise peaks
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flux_snr = ref.flux / ref.flux_err
+    good = np.isfinite(ref.flux) & (flux_snr >= nsigma) & (snr >= nsigma)
     order = np.argsort(-np.where(good, ref.flux, -np.inf), kind="stable")
     order = order[good[order]][:MAX_STARS]
     x, y, snr, radius = x[order], y[order], snr[order], radius[order]
     correction = correction[order]
     flux, flux_err = ref.flux[order], ref.flux_err[order]
     if len(x):
-        ra, dec = WCS(wcs_header).all_pix2world(x, y, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # 'datfix' notes on DATE-OBS
+            ra, dec = WCS(wcs_header).all_pix2world(x, y, 0)
     else:
         ra = dec = np.zeros(0)
     n = len(x)
