@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect loads)
 from lakehouse.store import Lakehouse, Partition
 from tasks.ingestion import (
     cleanup_downloads,
+    crossmatch_task,
     list_frames_task,
     photometry_batch_task,
     plan_run,
@@ -27,9 +27,11 @@ from tasks.ingestion import (
     reference_catalog_task,
 )
 from tess_ffi import progress
+from tess_ffi.runners import default_task_runner
 
 
-@flow(name="ingest-ccd", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+# threads (2) unless TESS_FFI_RUNNER/TESS_FFI_DASK_ADDRESS ask for Dask (tess_ffi/runners.py)
+@flow(name="ingest-ccd", task_runner=default_task_runner(), log_prints=True)
 def ingest_ccd(
     sector: int,
     camera: int,
@@ -41,8 +43,22 @@ def ingest_ccd(
     max_frames: int | None = None,
     keep_files: bool = False,
     download_dir: str | None = None,
+    crossmatch_tic: bool = False,
 ) -> dict:
-    """Ingest one CCD of one sector into the lakehouse; returns a summary dict."""
+    """Ingest one CCD of one sector into the lakehouse; returns a summary dict.
+
+    Args:
+        sector: TESS sector (>= 1).
+        camera: Camera 1-4.
+        ccd: CCD 1-4.
+        source: FFI source: mast | s3 | s3://bucket/prefix | http(s)://mirror | a folder.
+        lake: Lakehouse URI (folder or s3://bucket/prefix); default TESS_FFI_LAKE.
+        cadence_skip: Use every k-th FFI (1 = all).
+        batch_size: Frames per photometry task.
+        max_frames: Stop after this many frames (default: all).
+        keep_files: Keep the downloaded FFIs.
+        download_dir: Where downloads go (default: a temporary folder).
+    """
     logger = get_run_logger()
     part = Partition(sector, camera, ccd)
     lake_uri = Lakehouse(lake).uri
@@ -61,6 +77,8 @@ def ingest_ccd(
 
     n_stars = reference_catalog_task(source, lake_uri, plan, download_dir, keep_files)
     logger.info("%s: reference catalog of %d stars", part.label, n_stars)
+    if crossmatch_tic:
+        logger.warning(crossmatch_task(lake_uri, plan))
 
     futures = photometry_batch_task.map(
         source=unmapped(source),

@@ -287,6 +287,18 @@ def reference_catalog_task(
     return stars.num_rows
 
 
+@task(name="tic-crossmatch", cache_policy=NONE)
+def crossmatch_task(lake_uri: str, plan: RunPlan) -> str:
+    """Fill the staged catalog's ``tic_id`` from the TIC when MAST is reachable."""
+    from tasks.crossmatch import crossmatch_tic
+
+    lake = Lakehouse(lake_uri)
+    path = catalog_path(lake, plan.run_key, plan.partition)
+    stars, message = crossmatch_tic(lake.read_chunk(path))
+    lake.write_chunk(path, stars.cast(STARS))
+    return message
+
+
 @task(name="photometry-batch", cache_policy=NONE)
 def photometry_batch_task(
     source: str,
