@@ -5,8 +5,12 @@ The recipe, top to bottom:
 1. list the CCD's FFIs at the source and keep every ``cadence_skip``-th;
 2. plan the run: batches of frames and a deterministic run key (resumes an interrupted run);
 3. build the reference catalog once, from a median stack of good frames;
-4. map one task per batch: fetch -> verify -> background -> forced photometry -> stage;
-5. publish the three tables, each in one atomic Delta commit.
+4. map one task per batch: fetch -> verify -> background -> forced photometry -> stage
+   (a missing or bad file is skipped and recorded in ``rejected_frames``);
+5. validate everything staged (Great Expectations, ``expectations/``), then publish the
+   four tables, each in one atomic Delta commit; a failed suite publishes nothing.
+
+Only one run per CCD at a time (a lease in ``{lake}/_locks/``, `lakehouse.lease`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from prefect.futures import wait
 from prefect.utilities.annotations import unmapped
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect loads)
+from expectations.gate import preload_gx
+from lakehouse.lease import Lease
 from lakehouse.store import Lakehouse, Partition
 from tasks.ingestion import (
     cleanup_downloads,
@@ -74,34 +80,43 @@ def ingest_ccd(
         plan.run_key,
     )
     progress.set_total("ingest", len(plan.frames))
+    preload_gx()  # import Great Expectations in the background for the publish gate
 
-    n_stars = reference_catalog_task(source, lake_uri, plan, download_dir, keep_files)
-    logger.info("%s: reference catalog of %d stars", part.label, n_stars)
-    if crossmatch_tic:
-        logger.warning(crossmatch_task(lake_uri, plan))
+    # one run per CCD at a time; a stale lease (its run was killed) is taken over
+    with Lease(lake_uri, part, plan.run_key) as lease:
+        n_stars = reference_catalog_task(source, lake_uri, plan, download_dir, keep_files)
+        logger.info("%s: reference catalog of %d stars", part.label, n_stars)
+        if crossmatch_tic:
+            logger.warning(crossmatch_task(lake_uri, plan))
 
-    futures = photometry_batch_task.map(
-        source=unmapped(source),
-        lake_uri=unmapped(lake_uri),
-        plan_key=unmapped(plan.run_key),
-        partition=unmapped(part),
-        batch_index=list(range(len(plan.batches))),
-        refs=plan.batches,
-        download_dir=unmapped(download_dir),
-        keep_files=unmapped(keep_files),
-    )
-    wait(futures)
-    measured = sum(f.result() for f in futures)  # .result() re-raises a failed batch
+        futures = photometry_batch_task.map(
+            source=unmapped(source),
+            lake_uri=unmapped(lake_uri),
+            plan_key=unmapped(plan.run_key),
+            partition=unmapped(part),
+            batch_index=list(range(len(plan.batches))),
+            refs=plan.batches,
+            download_dir=unmapped(download_dir),
+            keep_files=unmapped(keep_files),
+        )
+        wait(futures)
+        measured = sum(f.result() for f in futures)  # .result() re-raises a failed batch
 
-    versions = publish_task(lake_uri, plan)
+        lease.verify()
+        published = publish_task(lake_uri, plan)  # validates first: a failed suite raises
     cleanup_downloads(part, download_dir, keep_files)
+    for row in published["rejected"]:
+        logger.warning("%s: rejected (%s): %s", part.label, row["stage"], row["reason"])
     return {
         "partition": part.label,
         "lake": lake_uri,
         "frames": len(plan.frames),
+        "frames_published": published["rows"]["frames"],
+        "frames_rejected": published["rows"]["rejected_frames"],
         "frames_measured_now": measured,
         "stars": n_stars,
-        "photometry_rows": n_stars * len(plan.frames),
+        "photometry_rows": published["rows"]["photometry"],
         "run_key": plan.run_key,
-        "versions": versions,
+        "versions": published["versions"],
+        "reports": published["reports"],
     }

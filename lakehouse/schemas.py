@@ -217,6 +217,7 @@ STAR_QC = pa.schema(
         ("is_reference", pa.bool_()),  # used as a common-mode reference star
         ("cm_n_refs", pa.int32()),  # reference stars used for this star's common mode
         ("cm_radius", pa.float64()),  # distance to the farthest of them [px]
+        ("cm_gain", pa.float64()),  # fraction of the local model applied (0..1, Wiener gain)
     ]
 )
 
@@ -308,3 +309,60 @@ TABLES.update(
         "candidates": CANDIDATES,
     }
 )
+
+
+# ---------------------------------------------------------------------------------------
+# Platform table (written by flows/ingest_new_sectors.py; see docs/architecture.md,
+# "Platform table"). One row per sector/camera/CCD the scheduled discovery has seen; not
+# partitioned (a few thousand rows at most), rewritten whole (one commit per write).
+# ---------------------------------------------------------------------------------------
+
+#: ``ingest_manifest.status`` values
+MANIFEST_STATUSES = ("queued", "ingesting", "analysing", "done", "failed")
+
+INGEST_MANIFEST = pa.schema(
+    [
+        *_PART,
+        ("status", pa.string()),  # one of MANIFEST_STATUSES
+        ("step", pa.string()),  # deployment of the last run started: ingest-ccd | find-variables
+        ("attempts", pa.int32()),  # runs started for that step (1 = first try)
+        ("flow_run_id", pa.string()),  # Prefect flow run of the last run started
+        ("ingest_flow_run_id", pa.string()),  # last ingest-ccd run
+        ("analysis_flow_run_id", pa.string()),  # last find-variables run (null if none)
+        ("source", pa.string()),  # FFI source spec of the runs (no credentials)
+        ("first_seen", pa.timestamp("us", tz="UTC")),  # tick that discovered the CCD
+        ("started_at", pa.timestamp("us", tz="UTC")),  # when the last run was started
+        ("finished_at", pa.timestamp("us", tz="UTC")),  # when it was seen terminal (else null)
+        ("updated_at", pa.timestamp("us", tz="UTC")),  # last change of this row
+        ("message", pa.string()),  # last failure (state message, one line) or ""
+    ]
+)
+
+TABLES["ingest_manifest"] = INGEST_MANIFEST
+
+
+# ---------------------------------------------------------------------------------------
+# Rejected frames (written by the ingest-ccd flow with the other ingest tables; see
+# docs/architecture.md, "rejected_frames"). One row per selected FFI that was skipped
+# instead of measured, so no frame is ever dropped silently.
+# ---------------------------------------------------------------------------------------
+
+#: ``rejected_frames.stage`` values: where the frame was rejected
+REJECT_STAGES = (
+    "fetch",  # the source does not have the file (HTTP 404, no such key)
+    "verify",  # the file is not a complete, readable FFI of this CCD (tasks.ffi.FrameError)
+    "duplicate",  # same FFIINDEX as a file earlier by name, which is kept
+)
+
+REJECTED_FRAMES = pa.schema(
+    [
+        *_PART,
+        ("file_name", pa.string()),  # SPOC file name of the skipped FFI
+        ("cadence", pa.int32()),  # its FFIINDEX when its header could be read, else null
+        ("reason", pa.string()),  # one-line reason, starts with the file name
+        ("stage", pa.string()),  # one of REJECT_STAGES
+        ("run_key", pa.string()),  # the ingest run that rejected it
+    ]
+)
+
+TABLES["rejected_frames"] = REJECTED_FRAMES

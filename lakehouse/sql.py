@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -45,6 +46,8 @@ def _configure_s3(conn: duckdb.DuckDBPyConnection) -> None:
     if env.get("AWS_ACCESS_KEY_ID"):
         params["KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
         params["SECRET"] = env.get("AWS_SECRET_ACCESS_KEY", "")
+        if env.get("AWS_SESSION_TOKEN"):
+            params["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
     endpoint = env.get("AWS_ENDPOINT_URL", "")
     if endpoint:
         scheme, _, host = endpoint.partition("://")
@@ -52,9 +55,18 @@ def _configure_s3(conn: duckdb.DuckDBPyConnection) -> None:
         params["USE_SSL"] = "true" if scheme == "https" else "false"
         params["URL_STYLE"] = "path"
     body = ", ".join(
-        f"{k} {v}" if k in {"TYPE", "USE_SSL"} else f"{k} '{v}'" for k, v in params.items()
+        f"{k} {v}" if k in {"TYPE", "USE_SSL"} else f"{k} '{_sql_str(v)}'"
+        for k, v in params.items()
     )
-    conn.execute(f"CREATE OR REPLACE SECRET lake_s3 ({body})")
+    try:
+        conn.execute(f"CREATE OR REPLACE SECRET lake_s3 ({body})")
+    except duckdb.Error:
+        # the statement holds the credentials: never let them reach a message or a log
+        raise RuntimeError("cannot configure DuckDB S3 access from the AWS_* environment") from None
+
+
+def _sql_str(value: str) -> str:
+    return str(value).replace("'", "''")
 
 
 def connect(lake: Lakehouse | str | None = None) -> duckdb.DuckDBPyConnection:
@@ -106,22 +118,80 @@ def _duck_type(arrow_type) -> str:
         pa.string(): "VARCHAR",
         pa.large_string(): "VARCHAR",
         pa.bool_(): "BOOLEAN",
+        pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
     }
     return mapping.get(arrow_type, "VARCHAR")
 
 
+#: first keywords refused even when DuckDB classifies the statement as a SELECT
+#: (``PRAGMA version`` is rewritten into one) or when they start an EXPLAIN ANALYZE
+REFUSED_KEYWORDS = {
+    "PRAGMA", "CALL", "SET", "RESET", "LOAD", "INSTALL", "FORCE", "ATTACH", "DETACH", "USE",
+    "COPY", "EXPORT", "IMPORT", "CHECKPOINT", "VACUUM", "CREATE", "DROP", "ALTER", "INSERT",
+    "UPDATE", "DELETE", "MERGE", "TRUNCATE", "UPSERT", "PIVOT", "UNPIVOT", "PREPARE",
+    "EXECUTE", "DEALLOCATE", "BEGIN", "COMMIT", "ROLLBACK", "ABORT", "UPDATE_EXTENSIONS",
+}  # fmt: skip
+
+
+_LEXEMES = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|;", re.S)
+
+
+def _keywords(text: str) -> list[str]:
+    """Leading words of a statement, upper case, comments and parentheses skipped."""
+    text = re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+    return re.findall(r"[A-Za-z_]+", text.replace("(", " ")[:200])[:3]
+
+
+def _heads(query: str) -> list[str]:
+    """First word of every statement of the query as written (comments and quoted text are
+    skipped), e.g. PRAGMA, which DuckDB may rewrite into a SELECT before we see it."""
+    pieces, start = [], 0
+    blanked = []
+    for m in _LEXEMES.finditer(query):
+        blanked.append(query[start : m.start()])
+        blanked.append(";" if m.group() == ";" else " ")
+        start = m.end()
+    blanked.append(query[start:])
+    for piece in "".join(blanked).split(";"):
+        words = re.findall(r"[A-Za-z_]+", piece.replace("(", " "))
+        if words:
+            pieces.append(words[0].upper())
+    return pieces
+
+
+def _refuse(kind: str) -> QueryRefused:
+    return QueryRefused(f"read-only: {kind} statements are not allowed (only SELECT)")
+
+
 def check_read_only(conn: duckdb.DuckDBPyConnection, query: str) -> None:
-    """Raise QueryRefused unless every statement of ``query`` is a SELECT or EXPLAIN."""
+    """Raise QueryRefused unless every statement of ``query`` only reads.
+
+    Allowed: SELECT (and WITH/FROM/VALUES/DESCRIBE/SHOW/SUMMARIZE, which DuckDB runs as
+    SELECTs) and EXPLAIN [ANALYZE] of those. Refused: DDL/DML, ATTACH/DETACH, COPY/EXPORT,
+    INSTALL/LOAD, SET/RESET/PRAGMA/CALL, transactions, prepared statements.
+    """
     try:
         statements = conn.extract_statements(query)
     except duckdb.Error as exc:
         raise QueryRefused(f"SQL error: {str(exc).splitlines()[0]}") from exc
     if not statements:
         raise QueryRefused("empty query")
+    for head in _heads(query):
+        if head in REFUSED_KEYWORDS:
+            raise _refuse(head)
     for st in statements:
         kind = str(st.type).rsplit(".", 1)[-1]
         if kind not in ALLOWED_STATEMENTS:
-            raise QueryRefused(f"read-only: {kind} statements are not allowed (only SELECT)")
+            raise _refuse(kind)
+        words = _keywords(st.query)
+        if words and words[0].upper() in REFUSED_KEYWORDS:
+            raise _refuse(words[0].upper())
+        if kind == "EXPLAIN":
+            inner = [w.upper() for w in words[1:]]
+            target = inner[1] if inner[:1] == ["ANALYZE"] and len(inner) > 1 else inner[:1]
+            target = target if isinstance(target, str) else (target[0] if target else "")
+            if target in REFUSED_KEYWORDS:
+                raise _refuse(f"EXPLAIN {target}")
 
 
 def run_query(query: str, lake: Lakehouse | str | None = None):

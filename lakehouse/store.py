@@ -33,6 +33,45 @@ class LakehouseError(RuntimeError):
     """A lakehouse read or write that cannot be done, with a one-line reason."""
 
 
+#: exceptions of the storage stack that mean "the lake cannot be read or written now"
+_IO_MODULES = ("botocore", "aiobotocore", "s3fs", "fsspec", "aiohttp", "deltalake", "_internal")
+
+
+def _one_line_io(exc: BaseException) -> str:
+    """A compact one-line text of a storage error (delta-rs errors span several lines)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    parts = [p.strip(" ↳\t") for p in text.splitlines() if p.strip(" ↳\t")]
+    line = "; ".join(parts) if parts else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _lake_io(what: str):
+    """Turn storage failures of a Lakehouse method into a one-line `LakehouseError`
+    (``FileNotFoundError`` and `LakehouseError` pass through unchanged)."""
+    import functools
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (LakehouseError, FileNotFoundError):
+                raise
+            except Exception as exc:
+                storage = isinstance(exc, OSError) or type(exc).__module__.startswith(_IO_MODULES)
+                if not storage:
+                    raise
+                raise LakehouseError(
+                    f"lake {self.uri}: {what} failed: {type(exc).__name__}: {_one_line_io(exc)}"
+                ) from exc
+
+        return wrapper
+
+    return decorate
+
+
 def resolve_uri(uri: str | os.PathLike | None = None) -> str:
     """The lake URI: the argument, else ``TESS_FFI_LAKE``, else ``./lake`` (absolute path)."""
     value = str(uri) if uri else os.environ.get("TESS_FFI_LAKE") or DEFAULT_LAKE
@@ -68,9 +107,15 @@ def s3_storage_options() -> dict[str, str]:
     if endpoint:
         opts["AWS_S3_ADDRESSING_STYLE"] = "path"
         opts["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
-    # one writer per partition is guaranteed by the flows (staging + run lock), so the
-    # S3 log store may commit without an external lock provider
-    opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    # Delta commits on S3: a conditional PUT (``If-None-Match: *``, supported by AWS S3,
+    # SeaweedFS, MinIO, R2) creates log entry N+1 only if nobody else did, so concurrent
+    # writers cannot overwrite each other's commit and no lock service is needed. For a
+    # store without conditional writes, TESS_FFI_S3_CONDITIONAL_PUT=0 falls back to
+    # copy-then-delete commits, which are safe only with one writer per table at a time.
+    if env.get("TESS_FFI_S3_CONDITIONAL_PUT", "1").strip().lower() in {"0", "false", "no"}:
+        opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    else:
+        opts["conditional_put"] = "etag"
     return opts
 
 
@@ -83,9 +128,16 @@ def s3_filesystem_options() -> dict:
         opts["secret"] = env.get("AWS_SECRET_ACCESS_KEY")
     if env.get("AWS_ENDPOINT_URL"):
         opts["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+    if env.get("AWS_SESSION_TOKEN"):
+        opts["token"] = env["AWS_SESSION_TOKEN"]
     opts["client_kwargs"] = {
         "region_name": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     }
+    # no listing cache and no shared instance: another process (a Dask worker, a second
+    # flow run) may add staged chunks or tables at any time, and a cached directory listing
+    # would hide them (s3fs answers exists()/info() from a cached parent listing)
+    opts["use_listings_cache"] = False
+    opts["skip_instance_cache"] = True
     return opts
 
 
@@ -141,12 +193,14 @@ class Lakehouse:
         return s3_storage_options() if self.is_s3 else None
 
     # ----------------------------------------------------------------- tables
+    @_lake_io("reading a table's log")
     def has_table(self, table: str) -> bool:
         """True when the Delta table exists (has a transaction log)."""
         from deltalake import DeltaTable
 
         return DeltaTable.is_deltatable(self.table_uri(table), storage_options=self.storage_options)
 
+    @_lake_io("listing tables")
     def tables(self) -> list[str]:
         """Names of the published tables, sorted."""
         try:
@@ -166,6 +220,7 @@ class Lakehouse:
             self.table_uri(table), version=version, storage_options=self.storage_options
         )
 
+    @_lake_io("listing a table's files")
     def file_uris(self, table: str, partition: Partition | None = None) -> list[str]:
         """Parquet files of the current version of a table (optionally one partition)."""
         dt = self.delta(table)
@@ -178,6 +233,7 @@ class Lakehouse:
             ]
         return list(dt.file_uris(filters))
 
+    @_lake_io("reading a table")
     def read(
         self,
         table: str,
@@ -212,6 +268,7 @@ class Lakehouse:
         """Current Delta version of a table, None when absent."""
         return self.delta(table).version() if self.has_table(table) else None
 
+    @_lake_io("publishing a partition")
     def write_partition(
         self,
         table: str,
@@ -247,23 +304,29 @@ class Lakehouse:
         """Staging folder (no scheme) of one resumable run."""
         return self.path("_staging", part.label, run_key)
 
+    @_lake_io("staging a chunk")
     def write_chunk(self, path: str, table: pa.Table) -> None:
         """Write a Parquet chunk so that it appears atomically at ``path``."""
         parent = posixpath.dirname(path)
         self.fs.makedirs(parent, exist_ok=True)
         if self.is_s3:
-            # an S3 PUT is atomic: the object appears whole or not at all
-            with self.fs.open(path, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
+            # serialise first, then one PUT (multipart above 50 MB): the object appears whole
+            # or not at all, and a failed serialisation leaves nothing behind (closing a
+            # half-written s3fs file would upload the partial bytes)
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink, compression="zstd")
+            self.fs.pipe_file(path, sink.getvalue().to_pybytes())
             return
         tmp = f"{path}.tmp-{os.getpid()}"
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
 
+    @_lake_io("checking a path")
     def exists(self, path: str) -> bool:
         """True when a path below the lake exists."""
         return self.fs.exists(path)
 
+    @_lake_io("listing staged chunks")
     def list_chunks(self, folder: str) -> list[str]:
         """Completed Parquet chunks in a staging folder, sorted by name."""
         try:
@@ -272,6 +335,7 @@ class Lakehouse:
             return []
         return sorted(n for n in names if n.endswith(".parquet"))
 
+    @_lake_io("reading a staged chunk")
     def read_chunk(self, path: str) -> pa.Table:
         """Read one staged Parquet chunk."""
         with self.fs.open(path, "rb") as fh:
@@ -284,6 +348,7 @@ class Lakehouse:
                 pf = pq.ParquetFile(fh)
                 yield from pf.iter_batches()
 
+    @_lake_io("removing staged files")
     def remove(self, path: str) -> None:
         """Remove a staging folder or file (missing is fine)."""
         if self.fs.exists(path):

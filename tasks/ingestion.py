@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +27,22 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 import tess_ffi
-from lakehouse.schemas import DEFAULT_BAD_DQUALITY, FRAMES, PHOTOMETRY, STARS
+from lakehouse.schemas import DEFAULT_BAD_DQUALITY, FRAMES, PHOTOMETRY, REJECTED_FRAMES, STARS
 from lakehouse.store import Lakehouse, Partition
-from tasks.background import BackgroundMesh, estimate_background, star_mask
+from tasks.background import BackgroundEstimator, BackgroundMesh, star_mask
 from tasks.catalog import build_catalog, median_stack
-from tasks.ffi import Frame, read_frame
-from tasks.photometry import build_apertures, measure, pointing_offset
-from tasks.sources import FrameRef, LocalSource, open_source
+from tasks.ffi import Frame, FrameError, read_frame, read_frame_meta
+from tasks.photometry import ShiftedApertures, pointing_offset
+from tasks.sources import FrameRef, LocalSource, NotFoundError, open_source
 from tess_ffi import progress
 
 PIPELINE_VERSION = f"{tess_ffi.__version__}-phot1"
 N_REFERENCE_FRAMES = 7
 N_OFFSET_STARS = 300
+#: radius of the pointing-offset apertures [px]
+OFFSET_RADIUS = 2.0
+#: per-frame sky mesh: every BACKGROUND_ROW_STEP-th row (all columns) of each 32x32 box
+BACKGROUND_ROW_STEP = 4
 
 log = logging.getLogger("tess_ffi.ingest")
 
@@ -119,6 +123,8 @@ class StarSet:
     radius: np.ndarray
     correction: np.ndarray  # aperture correction (total / in-aperture flux)
     offset_stars: np.ndarray  # indices of bright, isolated stars used for the pointing offset
+    # per-frame geometry prepared once per star set (apertures, background samples)
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_table(cls, stars: pa.Table) -> StarSet:
@@ -135,6 +141,30 @@ class StarSet:
             correction=stars.column("aperture_correction").to_numpy(),
             offset_stars=_offset_stars(x, y, tmag),
         )
+
+    def apertures(self, shape: tuple[int, int]) -> ShiftedApertures:
+        """The stars' apertures, to be placed at each frame's pointing offset."""
+        key = ("apertures", tuple(shape))
+        if key not in self._cache:
+            self._cache[key] = ShiftedApertures(shape, self.x, self.y, self.radius)
+        return self._cache[key]
+
+    def offset_apertures(self, shape: tuple[int, int]) -> ShiftedApertures:
+        """Apertures (OFFSET_RADIUS) of the pointing-offset stars."""
+        key = ("offset", tuple(shape))
+        if key not in self._cache:
+            sel = self.offset_stars
+            self._cache[key] = ShiftedApertures(shape, self.x[sel], self.y[sel], OFFSET_RADIUS)
+        return self._cache[key]
+
+    def background(self, shape: tuple[int, int], mask: np.ndarray | None) -> BackgroundEstimator:
+        """Background estimator for frames of ``shape`` with ``mask`` (True = ignore)."""
+        key = ("background", tuple(shape), id(mask))
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not mask:  # keep the mask alive so its id stays unique
+            est = BackgroundEstimator(shape, mask, row_step=BACKGROUND_ROW_STEP)
+            hit = self._cache[key] = (mask, est)
+        return hit[1]
 
 
 def _offset_stars(x: np.ndarray, y: np.ndarray, tmag: np.ndarray) -> np.ndarray:
@@ -155,13 +185,24 @@ def photometer_frame(
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Forced photometry of all catalog stars on one frame, following its pointing offset.
 
-    Returns the photometry columns (e-/s, px) and the frame's ``frames`` row.
+    Returns the photometry columns (e-/s, px) and the frame's ``frames`` row. The sky
+    mesh samples every BACKGROUND_ROW_STEP-th row of each box outside ``mask`` (errors
+    from the uncertainty image); the apertures are exactly `build_apertures` at the
+    catalog positions plus the offset, placed by `ShiftedApertures` (geometry prepared
+    once per star set).
     """
-    mesh: BackgroundMesh = estimate_background(frame.image, mask=mask)
+    shape = frame.image.shape
+    mesh: BackgroundMesh = stars.background(shape, mask).estimate(frame.image, frame.uncert)
     sel = stars.offset_stars
-    dx, dy = pointing_offset(frame.image, mesh, stars.x[sel], stars.y[sel])
-    ap = build_apertures(frame.image.shape, stars.x + dx, stars.y + dy, stars.radius)
-    m = measure(ap, frame.image, frame.uncert, mesh)
+    dx, dy = pointing_offset(
+        frame.image,
+        mesh,
+        stars.x[sel],
+        stars.y[sel],
+        radius=OFFSET_RADIUS,
+        apertures=stars.offset_apertures(shape),
+    )
+    m = stars.apertures(shape).measure(frame.image, frame.uncert, mesh, dx, dy)
     meta = frame.meta
     quality = m.quality | np.int32(meta.dquality)
     n = len(stars.star_id)
@@ -202,6 +243,8 @@ def _partition_columns(partition: Partition, n: int) -> dict[str, np.ndarray]:
 
 def photometry_table(partition: Partition, parts: list[dict[str, np.ndarray]]) -> pa.Table:
     """Concatenate per-frame photometry columns into a ``photometry`` table."""
+    if not parts:
+        return PHOTOMETRY.empty_table()
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = len(cols["star_id"])
     return (
@@ -213,6 +256,8 @@ def photometry_table(partition: Partition, parts: list[dict[str, np.ndarray]]) -
 
 def frames_table(partition: Partition, rows: list[dict]) -> pa.Table:
     """Rows of the ``frames`` table."""
+    if not rows:
+        return FRAMES.empty_table()
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     return (
         pa.table({**_partition_columns(partition, len(rows)), **cols})
@@ -231,6 +276,11 @@ def chunk_paths(
         f"{root}/photometry/batch-{batch:05d}.parquet",
         f"{root}/frames/batch-{batch:05d}.parquet",
     )
+
+
+def rejected_path(lake: Lakehouse, plan_key: str, partition: Partition, batch: int) -> str:
+    """Staged ``rejected_frames`` rows of one batch (written before its other chunks)."""
+    return f"{lake.staging_dir(partition, plan_key)}/rejected/batch-{batch:05d}.parquet"
 
 
 def catalog_path(lake: Lakehouse, plan_key: str, partition: Partition) -> str:
@@ -255,6 +305,99 @@ def _fetch(source, ref: FrameRef, dest: Path) -> tuple[Path, bool]:
     return path, not isinstance(source, LocalSource)
 
 
+# ------------------------------------------------------------------ rejects
+#: data faults: the frame is skipped and recorded in ``rejected_frames``; anything else
+#: (network down after retries, lake unreachable, disk full) fails the run loudly and the
+#: next run with the same arguments resumes from the staged batches
+DATA_FAULTS = (FrameError, NotFoundError)
+
+
+def reject_row(ref: FrameRef, exc: BaseException, run_key: str, local: Path | None = None) -> dict:
+    """A ``rejected_frames`` row for a frame skipped because of ``exc`` (a data fault)."""
+    stage = "fetch" if isinstance(exc, NotFoundError) else "verify"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not reason.startswith(ref.file_name):
+        reason = f"{ref.file_name}: {reason}"
+    cadence = None
+    candidate = local if local is not None else Path(ref.location)
+    if stage == "verify" and candidate.is_file():
+        try:  # best effort: the header may still name the cadence
+            cadence = read_frame_meta(candidate, file_name=ref.file_name).cadence
+        except (FrameError, OSError, ValueError):
+            cadence = None
+    return {
+        "file_name": ref.file_name,
+        "cadence": cadence,
+        "reason": reason,
+        "stage": stage,
+        "run_key": run_key,
+    }
+
+
+def rejected_table(partition: Partition, rows: list[dict]) -> pa.Table:
+    """Rows of the ``rejected_frames`` table (sorted by file name)."""
+    if not rows:
+        return REJECTED_FRAMES.empty_table()
+    rows = sorted(rows, key=lambda r: r["file_name"])
+    cols = {k: [r[k] for r in rows] for k in ("file_name", "cadence", "reason", "stage", "run_key")}
+    return (
+        pa.table({**_partition_columns(partition, len(rows)), **cols})
+        .select(REJECTED_FRAMES.names)
+        .cast(REJECTED_FRAMES)
+    )
+
+
+def resolve_duplicates(
+    frames_chunks: list[pa.Table], run_key: str
+) -> tuple[list[np.ndarray], list[dict]]:
+    """Frames with the same cadence (FFIINDEX): keep the first file by name, reject the others.
+
+    Returns, per staged batch, a boolean mask of its frames rows to keep (the photometry of
+    a dropped frame is filtered out while streaming) and the ``rejected_frames`` rows.
+    """
+    keep = [np.ones(t.num_rows, dtype=bool) for t in frames_chunks]
+    seen: list[tuple[str, int, int, int]] = []  # (file_name, cadence, batch, position)
+    for b, t in enumerate(frames_chunks):
+        names = t.column("file_name").to_pylist()
+        cads = t.column("cadence").to_pylist()
+        seen += [(n, int(c), b, i) for i, (n, c) in enumerate(zip(names, cads, strict=True))]
+    kept: dict[int, str] = {}
+    rejects = []
+    for name, cad, b, i in sorted(seen):
+        if cad not in kept:
+            kept[cad] = name
+            continue
+        keep[b][i] = False
+        rejects.append(
+            {
+                "file_name": name,
+                "cadence": cad,
+                "reason": f"{name}: duplicate cadence {cad}: same FFIINDEX as {kept[cad]}, "
+                "which is kept (first by name)",
+                "stage": "duplicate",
+                "run_key": run_key,
+            }
+        )
+    return keep, rejects
+
+
+def _kept_photometry(phot: pa.Table, frames: pa.Table, keep: np.ndarray) -> pa.Table:
+    """A staged photometry chunk without the rows of dropped frames (and the helper column).
+
+    Each staged row carries ``_frame``, the position of its frame in the batch's frames
+    chunk; chunks staged without it hold ``len(phot) / len(frames)`` rows per frame in order.
+    """
+    if keep.all():
+        return phot.drop_columns(["_frame"]) if "_frame" in phot.column_names else phot
+    if "_frame" in phot.column_names:
+        pos = phot.column("_frame").to_numpy()
+        phot = phot.drop_columns(["_frame"])
+    else:
+        per = phot.num_rows // max(frames.num_rows, 1)
+        pos = np.arange(phot.num_rows) // max(per, 1)
+    return phot.filter(pa.array(keep[pos]))
+
+
 # -------------------------------------------------------------- the tasks
 @task(name="list-frames", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def list_frames_task(source: str, sector: int, camera: int, ccd: int) -> list[FrameRef]:
@@ -273,17 +416,37 @@ def reference_catalog_task(
         return lake.read_chunk(path).num_rows
     src = open_source(source)
     dest = work_dir(plan.partition, download_dir)
-    frames, fetched = [], []
+    frames = []
     p = plan.partition
-    for ref in reference_frames(plan.frames):
-        local, downloaded = _fetch(src, ref, dest)
-        if downloaded and not keep_files:
-            fetched.append(local)
-        frames.append(read_frame(local, p.sector, p.camera, p.ccd, file_name=ref.file_name))
+    candidates = reference_frames(plan.frames)
+    rest = [r for r in plan.frames if r not in candidates]
+    cadences: set[int] = set()
+    n_good = 0
+    for ref in candidates + rest:
+        if n_good >= N_REFERENCE_FRAMES or (ref in rest and frames):
+            break  # enough good frames (the other frames are only a fallback)
+        local, downloaded = None, False
+        try:
+            local, downloaded = _fetch(src, ref, dest)
+            frame = read_frame(local, p.sector, p.camera, p.ccd, file_name=ref.file_name)
+        except DATA_FAULTS as exc:  # the batch that owns the frame records the rejection
+            log.warning("reference catalog: skipping %s", exc)
+            continue
+        finally:  # the arrays are in memory: one download on disk at a time
+            if local is not None and downloaded and not keep_files:
+                local.unlink(missing_ok=True)
+        if frame.meta.cadence in cadences:
+            continue  # a duplicate cadence (see resolve_duplicates)
+        cadences.add(frame.meta.cadence)
+        frames.append(frame)
+        n_good += not (frame.meta.dquality & DEFAULT_BAD_DQUALITY)
+    if not frames:
+        raise FrameError(
+            f"{p.label}: no readable frame for the reference catalog among "
+            f"{len(plan.frames)} selected"
+        )
     stars = stack_and_detect(frames, p)
     lake.write_chunk(path, stars)
-    for f in fetched:
-        f.unlink(missing_ok=True)
     return stars.num_rows
 
 
@@ -319,13 +482,23 @@ def photometry_batch_task(
     stars = StarSet.from_table(lake.read_chunk(catalog_path(lake, plan_key, partition)))
     src = open_source(source)
     dest = work_dir(partition, download_dir)
-    parts, rows = [], []
+    parts, rows, rejects = [], [], []
     mask = None
     for ref in refs:
-        local, downloaded = _fetch(src, ref, dest)
-        frame = read_frame(
-            local, partition.sector, partition.camera, partition.ccd, file_name=ref.file_name
-        )
+        local = None
+        downloaded = False
+        try:
+            local, downloaded = _fetch(src, ref, dest)
+            frame = read_frame(
+                local, partition.sector, partition.camera, partition.ccd, file_name=ref.file_name
+            )
+        except DATA_FAULTS as exc:  # a bad or missing file: a recorded skip, never a drop
+            rejects.append(reject_row(ref, exc, plan_key, local))
+            log.warning("skipping %s", rejects[-1]["reason"])
+            if local is not None and downloaded and not keep_files:
+                local.unlink(missing_ok=True)
+            progress.advance("ingest")
+            continue
         if mask is None:
             mask = star_mask(frame.image.shape, stars.x, stars.y, stars.radius + 1.5)
         cols, row = photometer_frame(frame, stars, mask)
@@ -334,14 +507,32 @@ def photometry_batch_task(
         if downloaded and not keep_files:
             local.unlink(missing_ok=True)
         progress.advance("ingest")
-    lake.write_chunk(phot_path, photometry_table(partition, parts))
+    phot = photometry_table(partition, parts)
+    # position of each row's frame in this batch (lets publish drop a duplicate frame)
+    sizes = [len(c["star_id"]) for c in parts]
+    phot = phot.append_column(
+        "_frame", pa.array(np.repeat(np.arange(len(parts), dtype=np.int32), sizes), pa.int32())
+    )
+    lake.write_chunk(
+        rejected_path(lake, plan_key, partition, batch_index), rejected_table(partition, rejects)
+    )
+    lake.write_chunk(phot_path, phot)
     lake.write_chunk(frames_path, frames_table(partition, rows))  # written last: the done marker
     return len(refs)
 
 
 @task(name="publish", cache_policy=NONE)
 def publish_task(lake_uri: str, plan: RunPlan) -> dict:
-    """Publish the staged run: one atomic Delta commit per table, then drop the staging."""
+    """Validate the staged run, then publish it: one atomic Delta commit per table.
+
+    Duplicate cadences are resolved first (`resolve_duplicates`). Every table is validated
+    (``expectations.gate``: frames, stars, rejected_frames whole, photometry chunk by chunk
+    plus its per-frame coverage) *before* anything is written; when a suite fails nothing is
+    written, the staging is kept and `expectations.gate.ValidationFailed` (one line, with
+    the report path) fails the run. Returns the new versions and the published row counts.
+    """
+    from expectations.gate import Gate, PartitionContext, new_run_id, raise_if_failed
+
     lake = Lakehouse(lake_uri)
     p = plan.partition
     n_batches = len(plan.batches)
@@ -350,18 +541,68 @@ def publish_task(lake_uri: str, plan: RunPlan) -> dict:
     missing = [f for f in phot + frames if not lake.exists(f)]
     if missing:
         raise RuntimeError(f"cannot publish {p.label}: {len(missing)} staged chunks missing")
-    stars = lake.read_chunk(catalog_path(lake, plan.run_key, p))
+    stars = lake.read_chunk(catalog_path(lake, plan.run_key, p)).cast(STARS)
+    frames_chunks = [lake.read_chunk(f).cast(FRAMES) for f in frames]
+    rejected_rows: list[dict] = []
+    for i in range(n_batches):
+        path = rejected_path(lake, plan.run_key, p, i)
+        if lake.exists(path):  # chunks staged before rejected_frames existed have none
+            rejected_rows += lake.read_chunk(path).to_pylist()
+    keep, duplicates = resolve_duplicates(frames_chunks, plan.run_key)
+    rejected = rejected_table(p, rejected_rows + duplicates)
+    frames_all = pa.concat_tables(
+        [t.filter(pa.array(k)) for t, k in zip(frames_chunks, keep, strict=True)]
+    ).cast(FRAMES)
+
+    def photometry_chunks():
+        for i in range(n_batches):
+            chunk = _kept_photometry(lake.read_chunk(phot[i]), frames_chunks[i], keep[i])
+            yield f"batch-{i:05d}", chunk.select(PHOTOMETRY.names).cast(PHOTOMETRY)
+
+    ctx = PartitionContext.from_tables(
+        p.sector,
+        p.camera,
+        p.ccd,
+        frames=frames_all,
+        stars=stars,
+        planned_files=[f.file_name for f in plan.frames],
+        rejected=rejected,
+    )
+    gate = Gate(lake, run_id=new_run_id(plan.run_key))
+    reports = [
+        gate.validate("frames", frames_all, ctx),
+        gate.validate("stars", stars, ctx),
+        gate.validate("rejected_frames", rejected, ctx),
+        *gate.validate_chunks("photometry", photometry_chunks(), ctx),
+    ]
+    raise_if_failed(reports)  # nothing written: the previous version stays, staging is kept
+    n_phot = sum(r.n_rows for r in reports if r.table == "photometry")
     versions = {
         "photometry": lake.write_partition(
-            "photometry", lake.iter_chunks(phot), p.sector, p.camera, p.ccd
+            "photometry",
+            (b for _, t in photometry_chunks() for b in t.to_batches()),
+            p.sector,
+            p.camera,
+            p.ccd,
         ),
-        "stars": lake.write_partition("stars", stars.cast(STARS), p.sector, p.camera, p.ccd),
-        "frames": lake.write_partition(
-            "frames", lake.iter_chunks(frames), p.sector, p.camera, p.ccd
+        "stars": lake.write_partition("stars", stars, p.sector, p.camera, p.ccd),
+        "frames": lake.write_partition("frames", frames_all, p.sector, p.camera, p.ccd),
+        "rejected_frames": lake.write_partition(
+            "rejected_frames", rejected, p.sector, p.camera, p.ccd
         ),
     }
     lake.remove(lake.staging_dir(p, plan.run_key))
-    return versions
+    return {
+        "versions": versions,
+        "rows": {
+            "photometry": n_phot,
+            "stars": stars.num_rows,
+            "frames": frames_all.num_rows,
+            "rejected_frames": rejected.num_rows,
+        },
+        "rejected": rejected.select(["file_name", "stage", "reason"]).to_pylist(),
+        "reports": str(Path(reports[0].json_path).parent),
+    }
 
 
 def cleanup_downloads(partition: Partition, download_dir: str | None, keep_files: bool) -> None:
