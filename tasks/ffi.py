@@ -32,10 +32,12 @@ __all__ = [
     "Frame",
     "FrameError",
     "FrameMeta",
+    "HduSpan",
     "btjd_to_timestamp",
     "cadence_from_tstart",
     "ffi_file_name",
     "file_size_expected",
+    "hdu_spans",
     "parse_ffi_name",
     "read_frame",
     "read_frame_meta",
@@ -301,6 +303,30 @@ def _scan_hdus(f, name: str, size: int, max_hdus: int = _MAX_HDUS) -> tuple[list
         hdus.append(hdu)
         offset = hdu.end
     return hdus, ""
+
+
+@dataclass(frozen=True)
+class HduSpan:
+    """Where one HDU lies in a FITS file (byte offsets; ``end`` is after the padded data)."""
+
+    index: int
+    header: fits.Header
+    header_offset: int
+    data_offset: int
+    end: int
+
+
+def hdu_spans(f, size: int, name: str, max_hdus: int = 3) -> tuple[list[HduSpan], str]:
+    """Byte layout of the first ``max_hdus`` HDUs of an open binary file of ``size`` bytes.
+
+    Only the header blocks are read (``f`` needs ``seek``/``read``), so with a file object
+    that fetches byte ranges on demand (S3, HTTP) the layout of a 35 MB FFI costs a few kB.
+    Returns the HDUs and ``""``, or the complete HDUs and a truncation message. Raises
+    `FrameError` on malformed structure.
+    """
+    hdus, truncated = _scan_hdus(f, name, size, max_hdus)
+    spans = [HduSpan(h.index, h.header, h.header_offset, h.data_offset, h.end) for h in hdus]
+    return spans, truncated
 
 
 def _open_hdus(

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 
-from tasks.ffi import FFI_NAME_RE, FrameError, parse_ffi_name, verify_frame
+from tasks.ffi import FFI_NAME_RE, FITS_BLOCK, FrameError, hdu_spans, parse_ffi_name, verify_frame
 
 __all__ = [
     "DEFAULT_MAST_API_URL",
@@ -67,6 +67,7 @@ DEFAULT_MAST_API_URL = "https://mast.stsci.edu"
 #: one base URL for both the bulk scripts and the Download API (local mirrors, tests)
 MAST_URL_ENV = "TESS_FFI_MAST_URL"
 STPUBDATA_BUCKET = "stpubdata"
+STPUBDATA_ENDPOINT = "https://s3.us-east-1.amazonaws.com"
 _CHUNK = 1 << 20
 _USER_AGENT = "tess-ffi/0.1 (+https://github.com/; httpx)"
 
@@ -177,6 +178,27 @@ def _check_ids(sector: int, camera: int, ccd: int) -> None:
         raise SourceError(f"bad sector/camera/ccd {sector}/{camera}/{ccd}")
 
 
+def _sectors_of(entries: list[str]) -> list[int]:
+    """Sector numbers of ``s{SSSS}`` directory entries (with or without a trailing ``/``)."""
+    out = set()
+    for e in entries:
+        m = re.fullmatch(r"s(\d{4})/?", e.rstrip("/").rsplit("/", 1)[-1] + "/")
+        if m and int(m.group(1)) >= 1:
+            out.add(int(m.group(1)))
+    return sorted(out)
+
+
+def _ccds_of(names: list[str], sector: int) -> list[tuple[int, int]]:
+    """(camera, ccd) pairs of the FFI file names of ``sector``."""
+    out = set()
+    for n in names:
+        if FFI_NAME_RE.match(n):
+            f = parse_ffi_name(n)
+            if f.sector == sector:
+                out.add((f.camera, f.ccd))
+    return sorted(out)
+
+
 # --------------------------------------------------------------------------- base class
 
 
@@ -199,6 +221,22 @@ class FrameSource(abc.ABC):
     @abc.abstractmethod
     def list_frames(self, sector: int, camera: int, ccd: int) -> list[FrameRef]:
         """Frames of ``sector``/``camera``/``ccd`` available here, sorted by file name (= time)."""
+
+    def available_sectors(self) -> list[int]:
+        """Sectors with at least one FFI at this source, sorted (for scheduled discovery)."""
+        raise SourceError(f"{self.describe()} cannot list its sectors")
+
+    def available_ccds(self, sector: int) -> list[tuple[int, int]]:
+        """(camera, ccd) pairs with FFIs of ``sector``, sorted.
+
+        The default lists each of the 16 CCDs; sources override it with one cheaper listing.
+        """
+        return [
+            (cam, ccd)
+            for cam in range(1, 5)
+            for ccd in range(1, 5)
+            if self.list_frames(sector, cam, ccd)
+        ]
 
     def fetch(self, ref: FrameRef, dest_dir: Path) -> Path:
         """Download ``ref`` into ``dest_dir`` and return the verified file's path.
@@ -441,6 +479,12 @@ class MastSource(_HttpSource):
         )
         return sorted({int(s) for s in re.findall(r"tesscurl_sector_(\d+)_ffic\.sh", index)})
 
+    def available_ccds(self, sector: int) -> list[tuple[int, int]]:
+        """(camera, ccd) pairs named in the sector's bulk script (one request)."""
+        _check_ids(sector, 1, 1)
+        names = re.findall(r"-o\s+(\S+_ffic\.fits)\s", self._script(sector) + "\n")
+        return _ccds_of(names, sector)
+
     def _download(self, ref: FrameRef, part: Path) -> None:
         self._stream_to(ref.location, part, ref.file_name, ref.size)
 
@@ -514,6 +558,32 @@ class HttpMirrorSource(_HttpSource):
                     found.append((name, ccd_url + urllib.parse.quote(name), None))
         return _frame_refs(iter(found), sector, camera, ccd)
 
+    def available_sectors(self) -> list[int]:
+        """Sectors with an ``s{SSSS}/`` directory in the index of ``tess/public/ffi/``."""
+        root = urllib.parse.urljoin(self.base_url, "tess/public/ffi/")
+        return _sectors_of(self._index(root))
+
+    def available_ccds(self, sector: int) -> list[tuple[int, int]]:
+        """(camera, ccd) directories below the sector's year/day directories."""
+        _check_ids(sector, 1, 1)
+        sector_url = urllib.parse.urljoin(self.base_url, f"tess/public/ffi/s{sector:04d}/")
+        found: set[tuple[int, int]] = set()
+        try:
+            years = self._index(sector_url)
+        except NotFoundError:
+            return []
+        for year in years:
+            if not re.fullmatch(r"\d{4}/", year):
+                continue
+            for day in self._index(sector_url + year):
+                if not re.fullmatch(r"\d{3}/", day):
+                    continue
+                for entry in self._index(sector_url + year + day):
+                    m = re.fullmatch(r"([1-4])-([1-4])/", entry)
+                    if m:
+                        found.add((int(m.group(1)), int(m.group(2))))
+        return sorted(found)
+
     def _download(self, ref: FrameRef, part: Path) -> None:
         self._stream_to(ref.location, part, ref.file_name, ref.size)
 
@@ -578,6 +648,7 @@ class S3Source(FrameSource):
                 "retries": {"max_attempts": 1},
             },
             "skip_instance_cache": True,
+            "use_listings_cache": False,
         }
         if not anon and key and secret:
             kwargs["key"] = key
@@ -620,14 +691,71 @@ class S3Source(FrameSource):
             ccd,
         )
 
-    def _download(self, ref: FrameRef, part: Path) -> None:
+    def _ls(self, path: str) -> list[str]:
+        """Child names (last path component) of an S3 "directory"; [] when absent."""
+
+        def attempt() -> list[str]:
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+            except PermissionError as exc:
+                raise SourceError(f"cannot list s3://{path}: {_one_line(exc)}") from None
+            except Exception as exc:
+                raise _Retry(
+                    f"{type(exc).__name__}: {_one_line(exc)}", unreachable=_is_connect(exc)
+                ) from None
+            return [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+        return self._with_retries(attempt, what=f"listing s3://{path}")
+
+    def available_sectors(self) -> list[int]:
+        """Sectors with an ``s{SSSS}/`` prefix below ``tess/public/ffi/``."""
+        return _sectors_of(self._ls(f"{self._root()}/tess/public/ffi"))
+
+    def available_ccds(self, sector: int) -> list[tuple[int, int]]:
+        """(camera, ccd) prefixes below the sector's year/day prefixes."""
+        _check_ids(sector, 1, 1)
+        base = f"{self._root()}/tess/public/ffi/s{sector:04d}"
+        found: set[tuple[int, int]] = set()
+        for year in self._ls(base):
+            if not re.fullmatch(r"\d{4}", year):
+                continue
+            for day in self._ls(f"{base}/{year}"):
+                if not re.fullmatch(r"\d{3}", day):
+                    continue
+                for entry in self._ls(f"{base}/{year}/{day}"):
+                    m = re.fullmatch(r"([1-4])-([1-4])", entry)
+                    if m:
+                        found.add((int(m.group(1)), int(m.group(2))))
+        return sorted(found)
+
+    def needed_bytes(self, ref: FrameRef, size: int) -> int:
+        """Bytes of HDUs 0-2 (primary, image, uncertainty) of an FFI, from byte-range reads.
+
+        FFIs are uncompressed FITS, so the headers alone give every HDU's offset: only the
+        header blocks are fetched here (a few kB of ranged GETs). Returns ``size`` when the
+        headers cannot be parsed (verification of the download then reports why).
+        """
+        reader = _RangeReader(self.fs, ref.location, size)
         try:
-            with (
-                self.fs.open(ref.location, "rb", block_size=_CHUNK) as src,
-                open(part, "wb") as out,
-            ):
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
+            spans, truncated = hdu_spans(reader, size, ref.file_name, max_hdus=3)
+        except FrameError:
+            return size
+        if truncated or len(spans) < 3:
+            return size
+        return min(size, spans[2].end)
+
+    def _download(self, ref: FrameRef, part: Path) -> None:
+        """Byte-range reads of exactly the HDUs an FFI needs (trailing HDUs are skipped)."""
+        try:
+            size = ref.size if ref.size is not None else int(self.fs.info(ref.location)["size"])
+            end = self.needed_bytes(ref, size)
+            with open(part, "wb") as out:
+                for start in range(0, end, _RANGE):
+                    out.write(
+                        self.fs.cat_file(ref.location, start=start, end=min(end, start + _RANGE))
+                    )
         except FileNotFoundError:
             raise NotFoundError(f"{ref.file_name}: not found at s3://{ref.location}") from None
         except PermissionError as exc:
@@ -639,8 +767,54 @@ class S3Source(FrameSource):
                 f"{type(exc).__name__}: {_one_line(exc)}", unreachable=_is_connect(exc)
             ) from None
         received = part.stat().st_size
-        if ref.size is not None and received != ref.size:
-            raise _Retry(f"truncated download: {received} of {ref.size} bytes")
+        if received != end:
+            raise _Retry(f"truncated download: {received} of {end} bytes")
+
+
+#: bytes per ranged GET of FFI data (the download streams through memory in these pieces)
+_RANGE = 8 * _CHUNK
+
+
+class _RangeReader:
+    """A read-only, seekable view of an S3 object that fetches aligned byte ranges on demand."""
+
+    def __init__(self, fs: Any, path: str, size: int, block: int = 8 * FITS_BLOCK) -> None:
+        self.fs, self.path, self.size, self.block = fs, path, size, block
+        self.pos = 0
+        self.fetched = 0  # bytes transferred so far
+        self._cache: dict[int, bytes] = {}
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def _block(self, start: int) -> bytes:
+        if start not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            data = self.fs.cat_file(self.path, start=start, end=min(self.size, start + self.block))
+            self.fetched += len(data)
+            self._cache[start] = data
+        return self._cache[start]
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.pos
+        out = bytearray()
+        while n > 0 and self.pos < self.size:
+            start = (self.pos // self.block) * self.block
+            data = self._block(start)
+            piece = data[self.pos - start : self.pos - start + n]
+            if not piece:
+                break
+            out += piece
+            self.pos += len(piece)
+            n -= len(piece)
+        return bytes(out)
 
 
 def _is_connect(exc: BaseException) -> bool:
@@ -708,6 +882,11 @@ def open_source(spec: str, **options: Any) -> FrameSource:
     if low == "mast":
         return MastSource(**options)
     if low == "s3":
+        # the public AWS Open Data bucket, whatever AWS_ENDPOINT_URL/keys say: those belong
+        # to the lake (e.g. a local S3 store of `tess-ffi up`), not to stpubdata
+        options.setdefault("anon", True)
+        options.setdefault("endpoint_url", STPUBDATA_ENDPOINT)
+        options.setdefault("region", "us-east-1")
         return S3Source(**options)
     if low.startswith("s3://"):
         rest = spec[5:].strip("/")
