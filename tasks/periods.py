@@ -182,14 +182,15 @@ def baluev_log10_fap(
     z = np.clip(np.asarray(power, float), 1e-300, 1 - 1e-16)
     n = np.asarray(n_points, float)
     nh, nk = n - 1.0, n - 3.0
-    log_gamma = 0.5 * np.log(2.0 / nh) + special.gammaln(nh / 2) - special.gammaln((nh - 1) / 2)
-    w = fmax * np.sqrt(4 * np.pi * np.asarray(t_var, float))
-    log_tau = log_gamma + np.log(w) + 0.5 * (nk - 1) * np.log1p(-z) + 0.5 * np.log(0.5 * nh * z)
-    log_fap_s = 0.5 * nk * np.log1p(-z)
-    tau = np.exp(log_tau)
+    # stars with fewer than 5 points give NaN here and are set to NaN below
     with np.errstate(divide="ignore", invalid="ignore"):
+        log_gamma = 0.5 * np.log(2.0 / nh) + special.gammaln(nh / 2) - special.gammaln((nh - 1) / 2)
+        w = fmax * np.sqrt(4 * np.pi * np.asarray(t_var, float))
+        log_tau = log_gamma + np.log(w) + 0.5 * (nk - 1) * np.log1p(-z) + 0.5 * np.log(0.5 * nh * z)
+        log_fap_s = 0.5 * nk * np.log1p(-z)
+        tau = np.exp(log_tau)
         log_one_minus = np.where(tau < 1e-8, log_tau, np.log(-np.expm1(-tau)))
-    log_fap = np.logaddexp(log_one_minus, log_fap_s - tau)
+        log_fap = np.logaddexp(log_one_minus, log_fap_s - tau)
     out = np.minimum(log_fap, 0.0) / np.log(10.0)
     out[~np.isfinite(np.asarray(power, float)) | (n < 5)] = np.nan
     return out

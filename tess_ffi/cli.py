@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect loads)
+from tess_ffi import cli_analysis, cli_platform, cli_quality, cli_user
 
 app = typer.Typer(
     name="tess-ffi",
@@ -23,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Sector = Annotated[int, typer.Option("--sector", "-s", min=1, help="TESS sector (>= 1).")]
+Sector = Annotated[int, typer.Option("--sector", "-s", min=1, max=9999, help="TESS sector (>= 1).")]
 Camera = Annotated[int, typer.Option("--camera", "-c", min=1, max=4, help="Camera 1-4.")]
 Ccd = Annotated[int, typer.Option("--ccd", "-d", min=1, max=4, help="CCD 1-4.")]
 Lake = Annotated[
@@ -68,11 +69,31 @@ def process(
     max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after N frames.")] = None,
     keep_files: Annotated[bool, typer.Option(help="Keep downloaded FFIs.")] = False,
     download_dir: Annotated[Path | None, typer.Option(help="Where downloads go.")] = None,
+    runner: Annotated[
+        str, typer.Option(help="Where batch tasks run: thread (this process) | dask.")
+    ] = "thread",
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
+    ] = None,
+    crossmatch_tic: Annotated[
+        bool, typer.Option(help="Match stars to the TIC through MAST (skipped offline).")
+    ] = False,
 ) -> None:
     """Ingest one sector/camera/CCD: FFIs -> photometry in the lakehouse.
 
     Example: tess-ffi process --sector 1 --camera 1 --ccd 1 --source ./ffis --lake ./lake
     """
+    if runner not in ("thread", "dask"):
+        raise fail(f"unknown --runner {runner!r}: use thread or dask", code=2)
+    if dask_address and runner != "dask":
+        raise fail("--dask-address needs --runner dask", code=2)
+    try:
+        cli_quality.check_source(source)
+        cli_quality.check_lake(lake)
+        cli_quality.check_writable_dir("--download-dir", download_dir)
+    except cli_quality.BadInput as exc:
+        raise fail(str(exc), code=2) from exc
     summary = run_ingest(
         sector,
         camera,
@@ -85,6 +106,9 @@ def process(
         max_frames,
         keep_files,
         str(download_dir) if download_dir else None,
+        runner=runner,
+        dask_address=dask_address,
+        crossmatch_tic=crossmatch_tic,
     )
     typer.echo(json.dumps(summary, indent=2))
 
@@ -101,14 +125,20 @@ def run_ingest(
     max_frames: int | None = None,
     keep_files: bool = False,
     download_dir: str | None = None,
+    runner: str = "thread",
+    dask_address: str | None = None,
+    crossmatch_tic: bool = False,
 ) -> dict:
-    """Run the ``ingest-ccd`` flow with a progress bar; errors become one-line exits."""
-    from prefect.task_runners import ThreadPoolTaskRunner
+    """Run the ``ingest-ccd`` flow with a progress bar; errors become one-line exits.
 
+    ``runner`` ``thread``: ``workers`` threads; ``dask``: a LocalCluster of ``workers``
+    processes, or the cluster at ``dask_address`` (``tcp://HOST:PORT``).
+    """
     from flows.ingest import ingest_ccd
     from tess_ffi.progress import progress_bar
+    from tess_ffi.runners import make_task_runner
 
-    flow = ingest_ccd.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    flow = ingest_ccd.with_options(task_runner=make_task_runner(runner, workers, dask_address))
     try:
         with progress_bar("ingest", f"s{sector:04d}-{camera}-{ccd} photometry"):
             return flow(
@@ -122,6 +152,7 @@ def run_ingest(
                 max_frames=max_frames,
                 keep_files=keep_files,
                 download_dir=download_dir,
+                crossmatch_tic=crossmatch_tic,
             )
     except _known_errors() as exc:
         raise fail(str(exc)) from exc
@@ -148,6 +179,10 @@ def sql(
     """
     from lakehouse.sql import run_query
 
+    try:
+        cli_quality.check_lake(lake)
+    except cli_quality.BadInput as exc:
+        raise fail(str(exc), code=2) from exc
     try:
         result = run_query(query, lake)
     except _known_errors() as exc:
@@ -213,7 +248,10 @@ def simulate(
     """
     from tasks.simulate import simulate_sector
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        cli_quality.check_writable_dir("--out", out)
+    except cli_quality.BadInput as exc:
+        raise fail(str(exc), code=2) from exc
     result = simulate_sector(
         out,
         sector=sector,
@@ -252,7 +290,7 @@ def demo(
         f"    {summary['stars']} stars x {summary['frames']} frames = "
         f"{summary['photometry_rows']} photometry rows"
     )
-    analysed = _run_analysis_if_available(lake)
+    _run_analysis(lake)
     typer.echo(f"\nlakehouse: {lake}")
     from lakehouse.sql import run_query
 
@@ -263,37 +301,32 @@ def demo(
         lake,
     )
     print_table(counts, OutputFormat.table)
-    if analysed:
-        top = run_query(
-            "SELECT c.rank, c.star_id, c.var_type, c.period_days, f.stetson_j FROM candidates c "
-            "JOIN features f USING (star_id) ORDER BY c.rank LIMIT 10",
-            lake,
-        )
-        typer.echo("top candidates:")
-        print_table(top, OutputFormat.table)
+    top = run_query(
+        "SELECT c.rank, c.star_id, c.var_type, c.period_days, f.stetson_j FROM candidates c "
+        "JOIN features f USING (star_id) ORDER BY c.rank LIMIT 10",
+        lake,
+    )
+    typer.echo("top candidates:")
+    print_table(top, OutputFormat.table)
     typer.echo(f'\ntry: .venv/bin/tess-ffi sql "SELECT * FROM stars LIMIT 5" --lake {lake}')
 
 
-def _run_analysis_if_available(lake: str) -> bool:
-    try:
-        from flows.find_variables import find_variables
-    except ImportError:
-        typer.echo("3/3 analysis flow not installed: skipped")
-        return False
+def _run_analysis(lake: str) -> None:
+    from flows.find_variables import find_variables
+
     typer.echo("3/3 finding variables (flow find-variables) ...")
     find_variables(sector=1, camera=1, ccd=1, lake=lake)
-    return True
 
 
-def _register_optional_commands() -> None:
-    try:
-        from tess_ffi import cli_analysis
-    except ImportError:
-        return
+def _register_commands() -> None:
+    """Commands of the other areas, each in its own module."""
     cli_analysis.register(app)
+    cli_platform.register(app)
+    cli_user.register(app)
+    cli_quality.register(app)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 def main() -> None:
