@@ -13,8 +13,8 @@ samples inside each chord of the circle.
 Arbitrary pixel masks (e.g. a SPOC pipeline aperture) use weights of exactly 1.
 
 Per frame the apertures follow the pointing offset. `ShiftedApertures` places a star
-list's apertures at any offset from tables of sub-pixel weights, with centres rounded to
-1/200 px, so a frame needs no aperture geometry (see its docstring for the tolerance).
+list's apertures at any offset, exactly as `build_apertures` would, from per-radius tables
+of sub-pixel sample counts built once per process, so a frame needs almost no geometry.
 
 Units: images in e-/s, fluxes in e-/s, positions in 0-based (column, row) pixels.
 """
@@ -411,7 +411,7 @@ def pointing_offset(
 
 
 # --------------------------------------------------------------- shifted apertures
-#: default quantum of aperture centres in the per-frame pipeline [px]
+#: size of the centre cells of the `ShiftedApertures` tables [px]
 POSITION_STEP = 1.0 / 200
 
 _TABLES: dict[tuple[float, int, int], _Table] = {}
