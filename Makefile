@@ -33,6 +33,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.science
 
 clean:
 	rm -rf $(VENV) demo-lake demo-ffi .pytest_cache

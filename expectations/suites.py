@@ -61,7 +61,7 @@ MAX_STARS = 10**5
 #: "finite" for GX: between -FINITE and +FINITE (GX ignores nulls in range checks)
 FINITE = 1e30
 #: ``candidates.period_source`` values
-PERIOD_SOURCES = ("ls", "2*ls", "bls", "2*bls", "none")
+PERIOD_SOURCES = ("ls", "2*ls", "bls", "2*bls", "events", "none")
 #: full FFI array: 2136 columns x 2078 rows [px]
 FFI_COLS, FFI_ROWS = 2136, 2078
 

@@ -293,7 +293,7 @@ CANDIDATES = pa.schema(
         ("period_days", pa.float64()),  # physical period (orbital for EA/EW) [d]; null if none
         ("var_type", pa.string()),  # one of VAR_TYPES
         ("amplitude", pa.float64()),  # semi-amplitude (or eclipse/transit depth), fraction
-        ("period_source", pa.string()),  # ls, 2*ls, bls, 2*bls or none
+        ("period_source", pa.string()),  # ls, 2*ls, bls, 2*bls, events or none
         ("detection", pa.string()),  # statistics above threshold, e.g. "ls,chi2"
         ("n_events", pa.int32()),  # transits/eclipses/flares seen
         ("event_times", pa.list_(pa.float64())),  # their mid-times [BTJD d]
