@@ -104,14 +104,20 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        plots: Annotated[
+            int, typer.Option(min=0, help="PNG plots of the top N candidates (0 = none).")
+        ] = 0,
+        plots_dir: Annotated[Path, typer.Option(help="Where --plots writes its PNGs.")] = Path(
+            "plots"
+        ),
     ) -> None:
-        """Find variable stars on one CCD: QC, common-mode correction, features, candidates."""
+        """Find variable stars on one CCD: QC, common-mode correction, features, candidates.
+
+        Example: tess-ffi find-variables -s 1 -c 1 -d 1 --lake ./lake --plots 10
+        """
+        from flows.find_variables import find_variables
         from lakehouse.store import LakehouseError
 
-        try:
-            from flows.find_variables import find_variables
-        except ImportError as exc:  # pragma: no cover
-            raise _fail(f"analysis flow unavailable: {exc}", 1) from exc
         try:
             summary = find_variables(
                 sector=sector, camera=camera, ccd=ccd, lake=lake, science_size=science_size
@@ -134,6 +140,11 @@ def register(app: typer.Typer) -> None:
         types = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_type"].items()))
         typer.echo(f"{summary['candidates']} candidates: {types or 'none'}")
         typer.echo(f"tables: {summary['rows']}")
+        if plots:
+            from tasks.plots import make_candidate_plots
+
+            made = make_candidate_plots(lake, sector, camera, ccd, plots, plots_dir)
+            typer.echo(f"plots of {len(made)} top candidates in {plots_dir}")
 
     @app.command("features")
     def features_cmd(

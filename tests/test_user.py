@@ -533,3 +533,15 @@ def test_readme_pictures_exist():
     assert {"docs/images/report.png", "docs/images/vsx.png"} <= set(pictures)
     for p in pictures:
         assert (ROOT / p).is_file(), p
+
+
+def test_find_variables_makes_plots_of_the_top_candidates(demo, tmp_path):
+    """`find-variables --plots N` re-runs the analysis and draws the top N candidates."""
+    res = invoke(
+        ["find-variables", "-s", "1", "-c", "1", "-d", "1", "--lake", demo["lake"],
+         "--plots", "2", "--plots-dir", str(tmp_path / "fv")]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (tmp_path / "fv").iterdir()}
+    for sid in top_ids(demo, 2):
+        assert f"star-{sid}-vsx.png" in names and f"star-{sid}-phase.png" in names
