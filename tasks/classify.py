@@ -46,6 +46,7 @@ from scipy import stats
 
 from tasks import features as feat
 from tasks import periods as per
+from tasks.common_mode import normalise_by_median
 from tasks.qc import gaussian_sigma_from_logp, lower_sigma
 
 #: default false-alarm probability per star and statistic
@@ -67,13 +68,6 @@ EDGE_MARGIN_PX = 10.0
 MIN_EVENT_SNR = 7.1
 #: running-median window removed before the dip/bump/BLS search of slow variables [d]
 DETREND_D = 2.0
-
-
-def _nanmedian_fast(a, axis=None, keepdims=False):
-    """Row/column NaN-median (see :func:`tasks.qc.nanmedian`)."""
-    from tasks.qc import nanmedian
-
-    return nanmedian(a, axis=axis, keepdims=keepdims)
 
 
 @dataclass
@@ -588,14 +582,8 @@ def analyze_ccd(c, detection_alpha: float = DETECTION_ALPHA, max_bls: int = MAX_
     m = c.matrix
     good = c.mask_bits == 0
     good_flare = (c.mask_bits & ~int(LcMask.OUTLIER)) == 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = _nanmedian_fast(np.where(good, c.flux, np.nan), axis=1)
-    pos = np.where(med > 0, med, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        y = c.flux / pos[:, None] - 1.0
-        s = c.flux_err / pos[:, None]
-    ok = np.isfinite(pos)[:, None]
+    med, y, s = normalise_by_median(c.flux, c.flux_err, good)
+    ok = np.isfinite(np.where(med > 0, med, np.nan))[:, None]
     t = np.where(np.isfinite(m.btjd), m.btjd, np.nanmedian(m.btjd))
     edge = np.asarray(c.star["edge_distance"]) < EDGE_MARGIN_PX
     res = analyze(

@@ -41,14 +41,23 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from tasks.qc import MAD_TO_SIGMA, high_outliers, nan_robust_std
+from tasks.qc import MAD_TO_SIGMA, high_outliers, nan_robust_std, nanmedian
 
 
-def _nanmedian_fast(a, axis=None, keepdims=False):
-    """Row/column NaN-median (see :func:`tasks.qc.nanmedian`)."""
-    from tasks.qc import nanmedian
+def normalise_by_median(
+    flux: np.ndarray, flux_err: np.ndarray, good: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each star's median over its good points [e-/s], and flux, flux_err relative to it.
 
-    return nanmedian(a, axis=axis, keepdims=keepdims)
+    Arrays are (n_stars, n_cadences); the relative values are ``flux / median - 1`` and
+    ``flux_err / median`` (NaN rows where the median is not positive).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = nanmedian(np.where(good, flux, np.nan), axis=1)
+    pos = np.where(med > 0, med, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return med, flux / pos[:, None] - 1.0, flux_err / pos[:, None]
 
 
 @dataclass
@@ -76,7 +85,7 @@ class CommonModeResult:
 def _median_rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _nanmedian_fast(np.where(mask, a, np.nan), axis=1)
+        return nanmedian(np.where(mask, a, np.nan), axis=1)
 
 
 def neighbour_matrix(
@@ -204,7 +213,7 @@ def correct_common_mode(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        star_noise = _nanmedian_fast(np.where(good, srel, np.nan), axis=1)
+        star_noise = nanmedian(np.where(good, srel, np.nan), axis=1)
     ref_index = np.flatnonzero(ref_cand)
     point_ok = good[ref_index].copy()
     noise_scale = np.ones(len(ref_index))
@@ -426,7 +435,7 @@ def _wiener(pred: np.ndarray, pvar: np.ndarray, good: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         tot = np.nanvar(np.where(good, pred, np.nan), axis=1)
-        noise = _nanmedian_fast(np.where(good, pvar, np.nan), axis=1)
+        noise = nanmedian(np.where(good, pvar, np.nan), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         g = np.where(tot > 0, 1.0 - noise / tot, 0.0)
     return np.clip(np.nan_to_num(g), 0.0, 1.0)
@@ -500,8 +509,8 @@ def robust_scatter(rel: np.ndarray, good: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         v = np.where(good, rel, np.nan)
-        med = _nanmedian_fast(v, axis=1, keepdims=True)
-        return MAD_TO_SIGMA * _nanmedian_fast(np.abs(v - med), axis=1)
+        med = nanmedian(v, axis=1, keepdims=True)
+        return MAD_TO_SIGMA * nanmedian(np.abs(v - med), axis=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,7 +559,7 @@ def isolated_outliers(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         v = np.where(good, rel, np.nan)
-        med = _nanmedian_fast(v, axis=1)
+        med = nanmedian(v, axis=1)
         spread = nan_robust_std(v, axis=1)
     k = bonferroni_k(max(t, 1), alpha)
     sig = np.maximum(srel, spread[:, None])
@@ -592,8 +601,8 @@ def correct_ccd(
     point_ok = m.good_points()
     good = point_ok & ~epoch_bad[None, :]
 
-    x = m.x if m.x is not None else _nanmedian_fast(np.where(point_ok, m.cx, np.nan), axis=1)
-    y = m.y if m.y is not None else _nanmedian_fast(np.where(point_ok, m.cy, np.nan), axis=1)
+    x = m.x if m.x is not None else nanmedian(np.where(point_ok, m.cx, np.nan), axis=1)
+    y = m.y if m.y is not None else nanmedian(np.where(point_ok, m.cy, np.nan), axis=1)
     radius = m.aperture_radius if m.aperture_radius is not None else np.full(n, 2.0)
     radius = np.where(np.isfinite(radius), radius, np.nanmedian(radius))
     if science_size is None:
@@ -601,7 +610,7 @@ def correct_ccd(
     edge = qc.edge_distance(x, y, science_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        raw_med = _nanmedian_fast(np.where(point_ok, m.flux, np.nan), axis=1)
+        raw_med = nanmedian(np.where(point_ok, m.flux, np.nan), axis=1)
     ref_flux = m.ref_flux if m.ref_flux is not None else raw_med
     ref_flux = np.where(np.isfinite(ref_flux), ref_flux, raw_med)
     crowd = qc.crowding(x, y, ref_flux, radius)
@@ -635,13 +644,7 @@ def correct_ccd(
         window=window,
     )
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        cmed = _nanmedian_fast(np.where(good, cm.flux, np.nan), axis=1)
-    pos = np.where(cmed > 0, cmed, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = cm.flux / pos[:, None] - 1.0
-        srel = cm.flux_err / pos[:, None]
+    cmed, rel, srel = normalise_by_median(cm.flux, cm.flux_err, good)
     outlier = isolated_outliers(rel, srel, good, alpha)
 
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -677,8 +680,8 @@ def correct_ccd(
             **{k: v for k, v in pre.items() if k != "flags"},
             "ensemble_scatter": post["ensemble_scatter"],
             "ensemble_chi": post["ensemble_chi"],
-            "cm_mult": _nanmedian_fast(mult, axis=0),
-            "cm_add": _nanmedian_fast(add_px, axis=0),
+            "cm_mult": nanmedian(mult, axis=0),
+            "cm_add": nanmedian(add_px, axis=0),
             "flags": flags,
         }
     return CorrectedCCD(
@@ -779,10 +782,10 @@ def decorrelate_pointing(
     c0 = np.linalg.solve(a0, xty[ok][..., None])[..., 0]
     e0 = np.sqrt(np.einsum("npp->np", np.linalg.inv(a0)) * s2[ok, None])
     q = np.ones(ok.sum(), bool) if quiet is None else quiet[ok]
-    best = q & np.all(e0 < _nanmedian_fast(e0[q], axis=0), axis=1)
+    best = q & np.all(e0 < nanmedian(e0[q], axis=0), axis=1)
     if best.sum() < 10:
         best = q
-    var_c = np.nanvar(c0[best], axis=0) - _nanmedian_fast(e0[best] ** 2, axis=0)
+    var_c = np.nanvar(c0[best], axis=0) - nanmedian(e0[best] ** 2, axis=0)
     robust = (MAD_TO_SIGMA * np.nanmedian(np.abs(c0[best] - np.nanmedian(c0[best], 0)), 0)) ** 2
     tau2 = np.maximum(np.minimum(np.where(var_c > 0, var_c, robust), robust * 4 + 1e-30), 1e-30)
     a = xtx[ok] / s2[ok, None, None] + eye / tau2[None, :, None]

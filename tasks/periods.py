@@ -26,19 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from tasks.qc import nanmedian
+
 #: box widths of the dip / bump matched filter [cadences]
 BOX_WIDTHS = (1, 2, 3, 5, 8, 12, 20)
 #: BLS trial durations [d]
 BLS_DURATIONS = (0.04, 0.06, 0.09, 0.13, 0.2)
 #: shortest BLS period [d]
 BLS_MIN_PERIOD = 0.22
-
-
-def _nanmedian_fast(a, axis=None, keepdims=False):
-    """Row/column NaN-median (see :func:`tasks.qc.nanmedian`)."""
-    from tasks.qc import nanmedian
-
-    return nanmedian(a, axis=axis, keepdims=keepdims)
 
 
 @dataclass(frozen=True)
@@ -281,7 +276,7 @@ def noise_scale(y: np.ndarray, s: np.ndarray, good: np.ndarray) -> np.ndarray:
     p2p = _p2p_scatter(y, good)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        expected = _nanmedian_fast(np.where(good, s, np.nan), axis=1)
+        expected = nanmedian(np.where(good, s, np.nan), axis=1)
     c = p2p / expected
     return np.where(np.isfinite(c), np.maximum(c, 1.0), 1.0)
 
@@ -326,7 +321,7 @@ def box_statistics(
         if normalize:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                beta = 1.482602218505602 * _nanmedian_fast(np.abs(ses), axis=1)
+                beta = 1.482602218505602 * nanmedian(np.abs(ses), axis=1)
             beta = np.where(np.isfinite(beta), np.maximum(beta, 1.0), 1.0)
             ses = ses / beta[:, None]
         ses_f = np.nan_to_num(ses, nan=0.0)

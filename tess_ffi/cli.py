@@ -15,6 +15,7 @@ import typer
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect loads)
 from tess_ffi import cli_analysis, cli_platform, cli_quality, cli_user
+from tess_ffi.options import Camera, Ccd, Lake, Sector, Source
 
 app = typer.Typer(
     name="tess-ffi",
@@ -23,18 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-Sector = Annotated[int, typer.Option("--sector", "-s", min=1, max=9999, help="TESS sector (>= 1).")]
-Camera = Annotated[int, typer.Option("--camera", "-c", min=1, max=4, help="Camera 1-4.")]
-Ccd = Annotated[int, typer.Option("--ccd", "-d", min=1, max=4, help="CCD 1-4.")]
-Lake = Annotated[
-    str | None,
-    typer.Option(
-        "--lake",
-        "-l",
-        help="Lakehouse URI: folder or s3://bucket/prefix [env TESS_FFI_LAKE, ./lake].",
-    ),
-]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -58,10 +47,7 @@ def process(
     sector: Sector,
     camera: Camera,
     ccd: Ccd,
-    source: Annotated[
-        str,
-        typer.Option(help="mast | s3 | s3://bucket/prefix | http(s)://mirror | local folder."),
-    ] = "mast",
+    source: Source = "mast",
     lake: Lake = None,
     cadence_skip: Annotated[int, typer.Option(min=1, help="Use every k-th FFI.")] = 1,
     workers: Annotated[int, typer.Option(min=1, help="Parallel batch tasks.")] = 2,

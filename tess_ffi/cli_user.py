@@ -20,10 +20,8 @@ from typing import Annotated
 import typer
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect/astropy load)
+from tess_ffi.options import Camera, Ccd, Sector, Source
 
-Sector = Annotated[int, typer.Option("--sector", "-s", min=1, help="TESS sector (>= 1).")]
-Camera = Annotated[int, typer.Option("--camera", "-c", min=1, max=4, help="Camera 1-4.")]
-Ccd = Annotated[int, typer.Option("--ccd", "-d", min=1, max=4, help="CCD 1-4.")]
 OptSector = Annotated[int | None, typer.Option("--sector", "-s", min=1, help="Only this sector.")]
 OptCamera = Annotated[
     int | None, typer.Option("--camera", "-c", min=1, max=4, help="Only this camera.")
@@ -150,10 +148,7 @@ def download(
     sector: Sector,
     camera: Camera,
     ccd: Ccd,
-    source: Annotated[
-        str,
-        typer.Option(help="mast | s3 | s3://bucket/prefix | http(s)://mirror | local folder."),
-    ] = "mast",
+    source: Source = "mast",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder the FFIs go to.")] = Path("ffi"),
     cadence_skip: Annotated[int, typer.Option(min=1, help="Keep every k-th FFI.")] = 1,
     max_frames: Annotated[int | None, typer.Option(min=1, help="Stop after N FFIs.")] = None,
