@@ -6,8 +6,6 @@ Exit codes: 0 success, 1 the work failed (one-line reason on stderr), 2 bad argu
 from __future__ import annotations
 
 import json
-import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +14,7 @@ import typer
 import tess_ffi  # noqa: F401  (process defaults before Prefect loads)
 from tess_ffi import cli_analysis, cli_platform, cli_quality, cli_user
 from tess_ffi.options import Camera, Ccd, Lake, Sector, Source
+from tess_ffi.output import OutputFormat, print_table
 
 app = typer.Typer(
     name="tess-ffi",
@@ -144,14 +143,6 @@ def run_ingest(
         raise fail(str(exc)) from exc
 
 
-class OutputFormat(StrEnum):
-    """Output formats of ``tess-ffi sql``."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only SELECT over the tables by name.")],
@@ -178,40 +169,6 @@ def sql(
             raise fail(str(exc), code=1) from exc
         raise
     print_table(result, format, limit)
-
-
-def print_table(result, format: OutputFormat, limit: int = 50) -> None:
-    """Print an Arrow table as a rich table, CSV or JSON records."""
-    if format is OutputFormat.csv:
-        import pyarrow.csv as pacsv
-
-        buf = __import__("io").BytesIO()
-        pacsv.write_csv(result, buf)
-        sys.stdout.write(buf.getvalue().decode())
-        return
-    if format is OutputFormat.json:
-        typer.echo(json.dumps(result.to_pylist(), default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_lines=False)
-    for name in result.column_names:
-        table.add_column(name)
-    rows = result.to_pylist()
-    shown = rows if limit == 0 else rows[:limit]
-    for row in shown:
-        table.add_row(*[_fmt(v) for v in row.values()])
-    console = Console(width=200)
-    console.print(table)
-    if len(shown) < len(rows):
-        console.print(f"... {len(rows) - len(shown)} more rows (use --limit 0 or --format csv)")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else str(value)
 
 
 @app.command()

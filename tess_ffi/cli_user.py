@@ -9,9 +9,6 @@ on a terminal.
 
 from __future__ import annotations
 
-import decimal
-import json
-import math
 import shutil
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +18,7 @@ import typer
 
 import tess_ffi  # noqa: F401  (process defaults before Prefect/astropy load)
 from tess_ffi.options import Camera, Ccd, Sector, Source
+from tess_ffi.output import OutputFormat, print_table
 
 OptSector = Annotated[int | None, typer.Option("--sector", "-s", min=1, help="Only this sector.")]
 OptCamera = Annotated[
@@ -35,14 +33,6 @@ Lake = Annotated[
         help="Lakehouse URI: folder or s3://bucket/prefix [env TESS_FFI_LAKE, ./lake].",
     ),
 ]
-
-
-class Format(StrEnum):
-    """Output formats of the listing commands."""
-
-    table = "table"
-    csv = "csv"
-    json = "json"
 
 
 class ExportFormat(StrEnum):
@@ -79,54 +69,6 @@ def _work_errors() -> tuple[type[BaseException], ...]:
     from tasks.sources import SourceError
 
     return (LakehouseError, SourceError, FrameError, OSError)
-
-
-def _print(result, fmt: Format, limit: int = 0) -> None:
-    """Print an Arrow table as an aligned table, CSV or JSON records."""
-    if fmt is Format.csv:
-        import io
-
-        import pyarrow.csv as pacsv
-
-        buf = io.BytesIO()
-        pacsv.write_csv(result, buf)
-        typer.echo(buf.getvalue().decode(), nl=False)
-        return
-    rows = result.to_pylist()
-    if fmt is Format.json:
-        typer.echo(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows]))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_lines=False)
-    for name in result.column_names:
-        table.add_column(name, justify="right")
-    shown = rows if limit == 0 else rows[:limit]
-    for row in shown:
-        table.add_row(*[_cell(v) for v in row.values()])
-    console = Console(width=220)
-    console.print(table)
-    if len(shown) < len(rows):
-        console.print(f"... {len(rows) - len(shown)} more rows (--limit 0 or --format csv)")
-
-
-def _jsonable(v):
-    if isinstance(v, decimal.Decimal):
-        v = int(v) if v == v.to_integral_value() else float(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return v
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.10g}" if math.isfinite(v) else ""
-    return str(v)
 
 
 def _bar(description: str, total: int | None):
@@ -247,8 +189,8 @@ def status(
     sector: OptSector = None,
     camera: OptCamera = None,
     ccd: OptCcd = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table, csv or json.")] = (
-        Format.table
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv or json.")] = (
+        OutputFormat.table
     ),
     services: Annotated[
         bool,
@@ -287,16 +229,16 @@ def status(
         result, staging = lake_status(lk, sector, camera, ccd)
     except (*_work_errors(), ExportError) as exc:
         raise _fail(str(exc)) from exc
-    if fmt is Format.table:
+    if fmt is OutputFormat.table:
         typer.echo(f"lake {lk.uri}")
     if result.num_rows == 0:
-        if fmt is Format.table:
+        if fmt is OutputFormat.table:
             typer.echo("no data yet: run `tess-ffi process` (or `tess-ffi demo`)")
         else:
-            _print(result, fmt)
+            print_table(result, fmt)
     else:
-        _print(result, fmt)
-    if staging and fmt is Format.table:
+        print_table(result, fmt)
+    if staging and fmt is OutputFormat.table:
         for label, runs in staging.items():
             typer.echo(
                 f"unfinished ingest of {label}: {', '.join(runs)} (run the same "
@@ -321,8 +263,8 @@ def catalog(
     candidates_only: Annotated[
         bool, typer.Option("--candidates", help="Only variable-star candidates.")
     ] = False,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table, csv or json.")] = (
-        Format.table
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="table, csv or json.")] = (
+        OutputFormat.table
     ),
     limit: Annotated[int, typer.Option(min=0, help="Rows printed as a table (0 = all).")] = 50,
 ) -> None:
@@ -391,7 +333,7 @@ def catalog(
     result = conn.execute(sql).fetch_arrow_table()
     if result.num_rows == 0:
         raise _fail("no star matches", 1)
-    _print(result, fmt, limit if fmt is Format.table else 0)
+    print_table(result, fmt, limit if fmt is OutputFormat.table else 0)
 
 
 # --------------------------------------------------------------------------- export
