@@ -448,7 +448,9 @@ def _classify_one(
 ):
     """Type, period [d], period source, amplitude (fraction) and event times of one star."""
     if eclipse_like and bls is not None and bls.snr >= MIN_EVENT_SNR and bls.n_events >= 2:
-        return _classify_eclipse(bls, cols, i)
+        m = good
+        bottom = per.central_depth(t[m], y[m], s[m], bls.period, bls.t0, bls.duration)
+        return _classify_eclipse(bls, cols, i, bottom)
     if eclipse_like and bls is not None and bls.n_events >= 1 and not ls_ok:
         ok = good
         ses = per.box_filter_row(y, s, ok, max(1, round(bls.duration / dt)))
@@ -470,7 +472,13 @@ def _classify_one(
     return "OTHER", np.nan, "none", amp, np.array([])
 
 
-def _classify_eclipse(bls: per.BoxResult, cols, i):
+def _classify_eclipse(bls: per.BoxResult, cols, i, bottom=(np.nan, np.nan)):
+    """EA or TRANSIT and the orbital period of a BLS detection.
+
+    ``bottom`` (depth, error) at mid-eclipse (`tasks.periods.central_depth`): V-shaped
+    eclipses of a binary have a box depth below their true depth, so the EB-or-planet
+    depth test uses the bottom when it is significantly deeper than MAX_TRANSIT_DEPTH.
+    """
     sec_sig = bls.secondary_depth / bls.secondary_err if bls.secondary_err > 0 else 0.0
     oe_err = np.hypot(bls.depth_odd_err, bls.depth_even_err)
     oe_sig = abs(bls.depth_odd - bls.depth_even) / oe_err if oe_err > 0 else 0.0
@@ -483,11 +491,12 @@ def _classify_eclipse(bls: per.BoxResult, cols, i):
     if not (np.isfinite(period) and abs(period / bls.period - 1) < 0.02):
         period = bls.period
     deepest = np.nanmax([bls.depth, bls.depth_odd, bls.depth_even])
+    v_shaped = bool(bottom[0] - bottom[1] > MAX_TRANSIT_DEPTH)  # NaN compares False
     if np.isfinite(sec_sig) and sec_sig > sec_thr and bls.secondary_cycles >= 2:
         return "EA", period, "bls", bls.depth, events
     if bls.n_events >= 4 and np.isfinite(oe_sig) and oe_sig > oe_thr:
         return "EA", 2 * period, "2*bls", deepest, events
-    if deepest < MAX_TRANSIT_DEPTH:
+    if deepest < MAX_TRANSIT_DEPTH and not v_shaped:
         return "TRANSIT", period, "bls", bls.depth, events
     if np.isfinite(oe_sig) and oe_sig > oe_thr:
         return "EA", 2 * period, "2*bls", deepest, events

@@ -625,3 +625,30 @@ def refine_ls_period(
     gg = np.broadcast_to(ok, (n, y.size))
     _, chi2, _ = harmonic_fit(t, yy, ss, gg, f, 2)
     return float(1.0 / f[int(np.argmin(chi2))])
+
+
+def central_depth(
+    t: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    period: float,
+    t0: float,
+    duration: float,
+    fraction: float = 1.0 / 3.0,
+) -> tuple[float, float]:
+    """Depth (fraction) and its 1-sigma error at the bottom of a folded eclipse.
+
+    The weighted mean of the points within ``fraction`` x ``duration`` [d] of mid-eclipse,
+    below the weighted mean of the points more than one duration away. A box average
+    (BLS ``depth``) underestimates a V-shaped eclipse; this is its minimum.
+    """
+    dphase = np.abs((t - t0 + 0.5 * period) % period - 0.5 * period)
+    inner = dphase < 0.5 * fraction * duration
+    outer = dphase > duration
+    if inner.sum() < 2 or outer.sum() < 2:
+        return np.nan, np.nan
+    w = 1.0 / s**2
+    mid = np.sum(w[inner] * y[inner]) / np.sum(w[inner])
+    out = np.sum(w[outer] * y[outer]) / np.sum(w[outer])
+    err = float(np.sqrt(1.0 / np.sum(w[inner]) + 1.0 / np.sum(w[outer])))
+    return float(out - mid), err

@@ -566,7 +566,10 @@ def _draw_params(
         params = dict(period=period, t0=t0, amp=amp, delta=rng.uniform(0.0, 0.15))
         return params, amp, period, t0
     if var_type == "ROT":
-        period = _loguniform(rng, 0.5, 12.0)
+        # at least two rotations inside the run: one cycle of a spotted star whose amplitude
+        # evolves does not fix its period to 1 % (same rule as TRANSIT's two events)
+        p_max = min(12.0, 0.5 * span)
+        period = _loguniform(rng, min(0.5, 0.5 * p_max), p_max)
         amp = _loguniform(rng, 0.003, 0.08)
         t0 = t_lo + rng.uniform(0.0, period)
         params = dict(

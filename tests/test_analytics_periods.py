@@ -75,6 +75,38 @@ def test_eclipse_period_is_the_orbital_period(depth1, depth2, want_type):
     assert res.period[0] == pytest.approx(period, rel=0.01)
 
 
+def v_model(t, period, t0, depth, duration):
+    """V-shaped (triangular) dips of ``depth`` and full width ``duration`` every ``period``."""
+    dph = np.abs((t - t0 + 0.5 * period) % period - 0.5 * period)
+    return -depth * np.clip(1.0 - dph / (0.5 * duration), 0.0, None)
+
+
+def test_central_depth_is_the_bottom_of_a_v_shaped_eclipse():
+    rng = np.random.default_rng(8)
+    t = sector_times(1200)
+    y = v_model(t, 0.7, 1325.6, 0.04, 0.12) + rng.normal(0, 0.001, t.size)
+    s = np.full_like(t, 0.001)
+    depth, err = per.central_depth(t, y, s, 0.7, 1325.6, 0.12)
+    # the mean over the inner third of a triangle is 5/6 of its depth; a box over the
+    # whole eclipse would give half
+    assert depth == pytest.approx(0.04 * 5 / 6, abs=4 * err)
+    assert 0 < err < 0.001
+
+
+def test_equal_v_shaped_eclipses_are_a_binary_at_twice_the_box_period():
+    # two alike V-shaped eclipses per orbit, 4 % deep: the box depth is below the 3 % planet
+    # limit, the bottom is not, so this is an EA at the orbital period, not a TRANSIT at P/2
+    rng = np.random.default_rng(9)
+    t = sector_times(1200)
+    period = 0.9
+    y = v_model(t, period / 2, 1325.5, 0.04, 0.08) + rng.normal(0, 0.001, t.size)
+    s = np.full_like(t, 0.001)
+    res = analyze(t, y[None, :], s[None, :], np.ones((1, t.size), bool), population=False)
+    assert res.columns["is_variable"][0]
+    assert res.var_type[0] == "EA"
+    assert res.period[0] == pytest.approx(period, rel=0.01)
+
+
 def test_contact_binary_period_is_doubled_but_not_a_pulsator():
     rng = np.random.default_rng(6)
     t = sector_times(1200)

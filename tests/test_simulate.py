@@ -304,7 +304,7 @@ def test_variables_are_injected(long_run):
     # most amplitudes are well above the per-point noise
     ratio = variables.amplitude / variables.noise_frac
     assert (ratio >= 5).mean() >= 0.6
-    # the pixels follow the model: aperture flux of the variable with the largest signal
+    # the pixels follow the model: aperture flux of a strong variable
     # [e-/s] that is >= 6 px inside the science area and not blended with a brighter star;
     # fitted with the (smooth) scattered light as a nuisance regressor
     x, y, f = truth.x.to_numpy(), truth.y.to_numpy(), truth.flux.to_numpy()
@@ -313,9 +313,12 @@ def test_variables_are_injected(long_run):
     unblended = ~((d < 6) & (f[None, :] > 0.5 * f[:, None])).any(axis=1)
     inside = (x >= 44 + 6) & (x <= 44 + 63 - 6) & (y >= 6) & (y <= 63 - 6)
     ok = variables[unblended[variables.index] & inside[variables.index]]
+    # of those with a signal > 30 e-/s, the largest fractional amplitude: aperture sums
+    # that follow the pointing jitter carry ~1e-3 systematics of their own
     signal = ok.amplitude_sampled * ok.flux
     assert signal.max() > 30
-    v = ok.loc[signal.idxmax()]
+    strong = ok[signal > 30]
+    v = strong.loc[strong.amplitude_sampled.idxmax()]
     images = [fits.getdata(p, 1) for p in long_run.paths]
     measured = np.array(
         [
