@@ -29,7 +29,7 @@ def _scene(seed: int = 5):
 
 
 @pytest.mark.parametrize("dx, dy", [(0.0, 0.0), (0.0137, -0.0291), (0.41, -0.73), (1.5, 0.5)])
-def test_shifted_apertures_are_photutils_subpixel(dx, dy):
+def test_shifted_apertures_are_photutils_exact(dx, dy):
     """Apertures placed from the tables are build_apertures' exactly, and photutils' sums."""
     from photutils.aperture import CircularAperture, aperture_photometry
 
@@ -47,18 +47,17 @@ def test_shifted_apertures_are_photutils_subpixel(dx, dy):
             aperture_photometry(
                 image,
                 CircularAperture([(x[i] + dx, y[i] + dy)], r=radius[i]),
-                method="subpixel",
-                subpixels=5,
+                method="exact",
             )["aperture_sum"][0]
             for i in range(len(x))
         ]
     )
-    np.testing.assert_allclose(sums, ref, rtol=1e-12)
+    np.testing.assert_allclose(sums, ref, rtol=3e-5)  # tables: bilinear between exact nodes
     # the pipeline's window path gives the same fluxes, errors, centroids and bits
     mesh = estimate_background(image, box=32)
     a = placed.measure(image, uncert, mesh, dx, dy)
     b = measure(exact, image, uncert, mesh)
-    np.testing.assert_allclose(a.flux + a.bkg, ref, rtol=1e-12)
+    np.testing.assert_allclose(a.flux + a.bkg, sums, rtol=1e-12)
     for field in ("flux", "flux_err", "bkg", "x", "y"):
         np.testing.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(a.quality, b.quality)
@@ -104,7 +103,7 @@ def test_bench_runs_on_tiny_inputs(tmp_path):
         "targets",
     ):
         assert key in saved, key
-    assert saved["photometry_max_rel_diff_vs_photutils"] < 1e-9
+    assert saved["photometry_max_rel_diff_vs_photutils"] < 1e-4  # exact overlaps, tabulated
     for n, stage in saved["stages"].items():
         assert stage["stars"] == int(n)
         assert all(stage["ms"][k] > 0 for k in ("floor", "read", "background", "photometry"))
