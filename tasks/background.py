@@ -14,6 +14,7 @@ memory), and the geometry (which samples are masked) is prepared once per mask b
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -55,12 +56,15 @@ class BackgroundMesh:
         gj = np.clip((np.asarray(x, float) - self.col0) / self.box - 0.5, 0, nx - 1)
         i0 = np.minimum(gi.astype(np.intp), max(ny - 2, 0))
         j0 = np.minimum(gj.astype(np.intp), max(nx - 2, 0))
-        i1, j1 = np.minimum(i0 + 1, ny - 1), np.minimum(j0 + 1, nx - 1)
         ti, tj = gi - i0, gj - j0
+        k00 = i0 * nx + j0  # flat indices of the four corners
+        k10 = k00 + (nx if ny > 1 else 0)  # i1 = min(i0 + 1, ny - 1)
+        dj = 1 if nx > 1 else 0  # j1 = min(j0 + 1, nx - 1)
+        k01, k11 = k00 + dj, k10 + dj
         out = []
-        for grid in (self.level, self.error):
-            top = grid[i0, j0] * (1 - tj) + grid[i0, j1] * tj
-            bottom = grid[i1, j0] * (1 - tj) + grid[i1, j1] * tj
+        for grid in (self.level.ravel(), self.error.ravel()):
+            top = np.take(grid, k00) * (1 - tj) + np.take(grid, k01) * tj
+            bottom = np.take(grid, k10) * (1 - tj) + np.take(grid, k11) * tj
             out.append(top * (1 - ti) + bottom * ti)
         return out[0], out[1]
 
@@ -129,6 +133,7 @@ class BackgroundEstimator:
         else:  # plain strided rows
             self._row_slices = [(0, box)]
         self.masked = None  # flat indices of the masked samples in the (n_boxes, per_box) array
+        self._scratch = threading.local()  # per-thread sample buffers, reused frame to frame
         self._n_good = np.full(self.nby * self.nbx, self.per_box)
         if mask is not None:
             if mask.shape != self.shape:
@@ -138,15 +143,21 @@ class BackgroundEstimator:
                 self.masked = np.flatnonzero(m)
                 self._n_good = self.per_box - np.count_nonzero(m, axis=1)
 
-    def _blocks(self, image: np.ndarray) -> np.ndarray:
-        """Samples of every box, one row per box (a new array: bool, float32 or float64)."""
+    def _blocks(self, image: np.ndarray, slot: str | None = None) -> np.ndarray:
+        """Samples of every box, one row per box (bool, float32 or float64): a new array, or
+        with ``slot`` this thread's buffer of that name (overwritten by the next call)."""
         b, rs, cs = self.box, self.row_step, self.col_step
         kc = b // cs
         if image.dtype == bool:
             dtype = bool
         else:
             dtype = image.dtype if image.dtype in (np.float32, np.float64) else np.float32
-        out = np.empty((self.nby * self.nbx, self.per_box), dtype=dtype)
+        shape = (self.nby * self.nbx, self.per_box)
+        out = getattr(self._scratch, slot, None) if slot else None
+        if out is None or out.dtype != dtype:
+            out = np.empty(shape, dtype=dtype)
+            if slot:
+                setattr(self._scratch, slot, out)
         dest = out.reshape(self.nby, self.nbx, b // rs, kc)
         # the science rows as (box row, row within box, column): views, no copies
         rows = image[self.r0 : self.r0 + self.nby * b].reshape(self.nby, b, image.shape[1])
@@ -166,16 +177,16 @@ class BackgroundEstimator:
         """
         if image.shape != self.shape:
             raise ValueError(f"image of shape {image.shape}, expected {self.shape}")
-        blocks = self._blocks(image)
-        noise = None
-        if uncert is not None:
-            if uncert.shape != self.shape:
-                raise ValueError(f"uncertainty of shape {uncert.shape}, expected {self.shape}")
-            noise = self._blocks(uncert)
-        # NaN/inf pixels are rare: only then is every sample checked
-        clean = bool(np.isfinite(blocks).all())
-        if noise is not None:
-            clean = clean and bool(np.isfinite(noise).all())
+        if uncert is not None and uncert.shape != self.shape:
+            raise ValueError(f"uncertainty of shape {uncert.shape}, expected {self.shape}")
+        blocks = self._blocks(image, "blocks")
+        noise = None if uncert is None else self._blocks(uncert, "noise")
+        # NaN/inf pixels are rare: only then is every sample checked. A sum is NaN/inf when
+        # a sample is (an overflow to inf only sends a clean frame down the exact path)
+        with np.errstate(over="ignore", invalid="ignore"):
+            clean = bool(np.isfinite(np.add.reduce(blocks, axis=None)))
+            if noise is not None:
+                clean = clean and bool(np.isfinite(np.add.reduce(noise, axis=None)))
         # unusable samples sort last (+inf): the usable ones are the first n_good of a row
         if clean:
             n_good = self._n_good

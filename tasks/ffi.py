@@ -7,10 +7,12 @@ A ``*_ffic.fits`` file has three HDUs (see ``docs/architecture.md``):
   BARYCORR [d], DQUALITY, EXPOSURE [d], TIMEDEL [d] and the WCS;
 - HDU 2: float32 1-sigma uncertainty image of the same shape, e-/s.
 
-The headers are parsed here with a small FITS block walker (headers go through
-``astropy.io.fits.Header.fromstring``), which also gives the exact byte offsets of the data:
-images are then read with one ``numpy.fromfile`` each, and a truncated file is detected exactly
-(the headers declare how many bytes each HDU must have).
+The headers are parsed here with a small FITS block walker that gives the exact byte offsets
+of the data and reads only the keywords it needs (`_Cards`, values parsed on first access;
+astropy parses a header only when asked for it, e.g. the WCS header of a `Frame`). Both images
+are then read with one ``readinto`` into one native float32 buffer, byte-swapped in place, and
+a truncated file is detected exactly (the headers declare how many bytes each HDU must have).
+Verification reads the image data only until it meets a finite, non-zero pixel.
 """
 
 from __future__ import annotations
@@ -141,14 +143,39 @@ class FrameMeta:
     exposure_days: float  # EXPOSURE (time on source) [d]; TSTOP - TSTART when absent
 
 
-@dataclass
 class Frame:
-    """One FFI in memory: metadata, calibrated image and its uncertainty (both e-/s)."""
+    """One FFI in memory: metadata, calibrated image and its uncertainty (both e-/s).
 
-    meta: FrameMeta
-    image: np.ndarray  # float32 (rows, cols) calibrated flux [e-/s]
-    uncert: np.ndarray  # float32 (rows, cols) 1-sigma uncertainty [e-/s]
-    wcs_header: fits.Header  # the full HDU 1 header (carries the TAN-SIP WCS)
+    ``wcs_header`` is the full HDU 1 header (carries the TAN-SIP WCS) as a
+    ``fits.Header``; given as the header's FITS text (80-character cards) it is parsed
+    on first access only (most frames never need it).
+    """
+
+    __slots__ = ("_header", "image", "meta", "uncert")
+
+    def __init__(
+        self, meta: FrameMeta, image: np.ndarray, uncert: np.ndarray, wcs_header: fits.Header | str
+    ) -> None:
+        self.meta = meta
+        self.image = image  # float32 (rows, cols) calibrated flux [e-/s]
+        self.uncert = uncert  # float32 (rows, cols) 1-sigma uncertainty [e-/s]
+        self._header = wcs_header
+
+    @property
+    def wcs_header(self) -> fits.Header:
+        """The full HDU 1 header (a new ``fits.Header`` parsed once from the file's text)."""
+        if isinstance(self._header, str):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._header = fits.Header.fromstring(self._header)
+        return self._header
+
+    @wcs_header.setter
+    def wcs_header(self, header: fits.Header) -> None:
+        self._header = header
+
+    def __repr__(self) -> str:
+        return f"Frame({self.meta!r}, image {self.image.dtype}{self.image.shape})"
 
 
 def cadence_from_tstart(tstart: float, timedel: float) -> int:
@@ -181,11 +208,96 @@ def science_bounds(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
 
 # --------------------------------------------------------------------------- FITS structure
 
+#: a FITS integer / real value (fixed or free format, as astropy accepts them)
+_INT_VALUE = re.compile(r"[+-]? *\d+")
+_REAL_VALUE = re.compile(r"[+-]? *(?:\.\d+|\d+(?:\.\d*)?) *(?:[deDE] *[+-]? *\d+)?")
+#: one 80-character card: (keyword, value field) of a value card, ("", "") for any other
+_CARD = re.compile(r"([^=]{8})= (.{70})|.{80}", re.DOTALL)
+
+
+class _Cards:
+    """The keyword cards of one FITS header, values parsed on first access.
+
+    Keys are the 8-character keywords of the cards with a value indicator (``= `` in
+    columns 9-10); a repeated keyword keeps its first card, as ``fits.Header[key]`` does.
+    Values are ``int``, ``float``, ``bool``, ``str`` (quotes removed, trailing blanks
+    stripped) or ``None`` (undefined). A value that is none of these raises `FrameError`
+    naming the file and HDU. ``text`` is the header's FITS text (for ``fits.Header``).
+    """
+
+    __slots__ = ("_parsed", "_raw", "hdu", "name", "text")
+
+    def __init__(self, text: str, name: str, hdu: int) -> None:
+        self.text, self.name, self.hdu = text, name, hdu
+        # every card matches one alternative (80 characters): the matches stay card-aligned;
+        # reversed, so that the first of repeated keywords wins
+        cards = _CARD.findall(text[: len(text) // 80 * 80])
+        self._raw = {key.rstrip(" ").upper(): v for key, v in reversed(cards) if key}
+        self._parsed: dict[str, object] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._raw
+
+    def __getitem__(self, key: str):
+        try:
+            return self._parsed[key]
+        except KeyError:
+            pass
+        value = _card_value(self._raw[key])
+        if value is _BAD:
+            raise FrameError(
+                f"{self.name}: bad FITS header in HDU {self.hdu}: unparsable value of {key}: "
+                f"{self._raw[key].strip()!r}",
+                retryable=True,
+            )
+        self._parsed[key] = value
+        return value
+
+    def get(self, key: str, default=None):
+        """The value of ``key``, or ``default`` when the header has no such card."""
+        return self[key] if key in self._raw else default
+
+    def header(self) -> fits.Header:
+        """The whole header as a new ``fits.Header``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fits.Header.fromstring(self.text)
+
+
+_BAD = object()
+
+
+def _card_value(field: str):
+    """Value of a card from its value field (columns 11-80): see `_Cards`."""
+    s = field.lstrip(" ")
+    if s.startswith("'"):  # a string: '' is a quote; the comment follows the closing quote
+        parts, i = [], 1
+        while True:
+            j = s.find("'", i)
+            if j < 0:
+                return _BAD
+            if s.startswith("''", j):
+                parts.append(s[i : j + 1])
+                i = j + 2
+                continue
+            parts.append(s[i:j])
+            return "".join(parts).rstrip(" ")
+    value = s.split("/", 1)[0].strip(" ")
+    if not value:
+        return None
+    if value in ("T", "F"):
+        return value == "T"
+    if _INT_VALUE.fullmatch(value):
+        return int(value.replace(" ", ""))
+    if _REAL_VALUE.fullmatch(value):
+        return float(value.replace(" ", "").replace("D", "E").replace("d", "e"))
+    return _BAD
+
 
 @dataclass(frozen=True)
 class _Hdu:
     index: int
-    header: fits.Header
+    header: _Cards
     header_offset: int  # byte offset of the header
     data_offset: int  # byte offset of the data
     data_size: int  # bytes of data declared by the header (unpadded)
@@ -202,7 +314,7 @@ def _padded(nbytes: int) -> int:
     return -(-nbytes // FITS_BLOCK) * FITS_BLOCK
 
 
-def _int_kw(header: fits.Header, key: str, name: str, hdu: int) -> int:
+def _int_kw(header: _Cards, key: str, name: str, hdu: int) -> int:
     value = header.get(key)
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise FrameError(
@@ -212,12 +324,15 @@ def _int_kw(header: fits.Header, key: str, name: str, hdu: int) -> int:
     return int(value)
 
 
+_END_CARD = b"END" + b" " * 77
+
+
 def _end_card_index(block: bytes) -> int:
-    for i in range(0, FITS_BLOCK, 80):
-        card = block[i : i + 80]
-        if card[:3] == b"END" and card[3:].strip(b" ") == b"":
-            return i
-    return -1
+    """Offset of the END card in a header block, or -1."""
+    i = block.find(_END_CARD)
+    while i >= 0 and i % 80:
+        i = block.find(_END_CARD, i + 1)
+    return i
 
 
 def _scan_hdus(f, name: str, size: int, max_hdus: int = _MAX_HDUS) -> tuple[list[_Hdu], str]:
@@ -266,13 +381,7 @@ def _scan_hdus(f, name: str, size: int, max_hdus: int = _MAX_HDUS) -> tuple[list
             raise FrameError(
                 f"{name}: bad FITS header in HDU {i}: non-ASCII bytes", retryable=True
             ) from None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                header = fits.Header.fromstring(text)
-        except Exception as exc:  # astropy raises various errors on garbage
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise FrameError(f"{name}: bad FITS header in HDU {i}: {msg}", retryable=True) from None
+        header = _Cards(text[: (len(blocks) - 1) * FITS_BLOCK + end], name, i)
         bitpix = _int_kw(header, "BITPIX", name, i)
         if bitpix not in _FLOAT_DTYPES and bitpix not in _INT_DTYPES:
             raise FrameError(f"{name}: bad FITS header in HDU {i}: BITPIX={bitpix}", retryable=True)
@@ -325,28 +434,37 @@ def hdu_spans(f, size: int, name: str, max_hdus: int = 3) -> tuple[list[HduSpan]
     `FrameError` on malformed structure.
     """
     hdus, truncated = _scan_hdus(f, name, size, max_hdus)
-    spans = [HduSpan(h.index, h.header, h.header_offset, h.data_offset, h.end) for h in hdus]
+    spans = [
+        HduSpan(h.index, h.header.header(), h.header_offset, h.data_offset, h.end) for h in hdus
+    ]
     return spans, truncated
+
+
+def _open(path: str | os.PathLike[str], name: str):
+    """The open binary file and its size in bytes; `FrameError` when missing or empty."""
+    try:
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise FrameError(f"{name}: no such file: {os.fspath(path)}") from None
+    except OSError as exc:
+        raise FrameError(f"{name}: cannot open: {exc.strerror or exc}") from None
+    if size == 0:
+        f.close()
+        raise FrameError(f"{name}: truncated: 0 bytes (empty file)", retryable=True)
+    return f, size
 
 
 def _open_hdus(
     path: str | os.PathLike[str], name: str, max_hdus: int
 ) -> tuple[list[_Hdu], int, str]:
-    try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FrameError(f"{name}: no such file: {os.fspath(path)}") from None
-    except OSError as exc:
-        raise FrameError(f"{name}: cannot open: {exc.strerror or exc}") from None
+    f, size = _open(path, name)
     with f:
-        if size == 0:
-            raise FrameError(f"{name}: truncated: 0 bytes (empty file)", retryable=True)
         hdus, truncated = _scan_hdus(f, name, size, max_hdus)
     return hdus, size, truncated
 
 
-def _find(headers: list[fits.Header], key: str):
+def _find(headers: list[_Cards], key: str):
     for h in headers:
         if key in h:
             return h[key]
@@ -365,7 +483,7 @@ def _number(value, key: str, name: str, hdu: str, *, integer: bool = False):
     return float(value)
 
 
-def _meta_from_headers(name: str, h0: fits.Header, h1: fits.Header) -> FrameMeta:
+def _meta_from_headers(name: str, h0: _Cards, h1: _Cards) -> FrameMeta:
     """Build FrameMeta; raises FrameError on missing/invalid keywords."""
     missing = [k for k in ("SECTOR", "CAMERA", "CCD") if k not in h0 and k not in h1]
     missing += [k for k in ("TSTART", "TSTOP", "DQUALITY", "BARYCORR") if k not in h1]
@@ -414,9 +532,7 @@ def _display_name(path: str | os.PathLike[str], file_name: str | None) -> str:
     return file_name if file_name else os.path.basename(os.fspath(path))
 
 
-def _check_identity(
-    name: str, h0: fits.Header, h1: fits.Header, sector: int, camera: int, ccd: int
-) -> None:
+def _check_identity(name: str, h0: _Cards, h1: _Cards, sector: int, camera: int, ccd: int) -> None:
     wanted = {"SECTOR": sector, "CAMERA": camera, "CCD": ccd}
     for hdr in (h0, h1):
         for key, want in wanted.items():
@@ -441,22 +557,105 @@ def read_frame_meta(path: str | os.PathLike[str], *, file_name: str | None = Non
     return _meta_from_headers(name, hdus[0].header, hdus[1].header)
 
 
-def _read_array(path: str | os.PathLike[str], hdu: _Hdu, name: str) -> np.ndarray:
+def _native_float32(raw: np.ndarray) -> np.ndarray:
+    """``raw`` (a fresh float array of any byte order) as native float32, in place if it can."""
+    if raw.dtype.itemsize == 4:
+        if not raw.dtype.isnative:
+            raw = raw.byteswap(inplace=True).view(raw.dtype.newbyteorder("="))
+        return raw
+    return raw.astype(np.float32)
+
+
+def _read_into(f, buf: np.ndarray) -> int:
+    """Fill ``buf`` from the file's position; returns the bytes read (fewer at end of file)."""
+    view = memoryview(buf).cast("B")
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_images(f, path, hdus: tuple[_Hdu, ...], name: str) -> list[np.ndarray]:
+    """The data of image ``hdus`` (in file order) as native float32 arrays of their shapes.
+
+    Unscaled float HDUs are read from the open file ``f`` with one ``readinto`` spanning
+    them all (the headers between are read too and ignored), byte-swapped in place:
+    the arrays are views of one buffer. Scaled integer images go through astropy.
+    """
+    plain = all(
+        h.bitpix in _FLOAT_DTYPES and "BSCALE" not in h.header and "BZERO" not in h.header
+        for h in hdus
+    )
+    if not plain or len({h.bitpix for h in hdus}) != 1:
+        return [_read_array(f, path, h, name) for h in hdus]
+    dtype = np.dtype(_FLOAT_DTYPES[hdus[0].bitpix])
+    first = hdus[0].data_offset
+    counts = [math.prod(h.shape) for h in hdus]
+    starts = [(h.data_offset - first) // dtype.itemsize for h in hdus]
+    buf = np.empty(starts[-1] + counts[-1], dtype=dtype)
+    f.seek(first)
+    got = _read_into(f, buf) // dtype.itemsize
+    for h, start, count in zip(hdus, starts, counts, strict=True):
+        if got < start + count:
+            have = min(max(got - start, 0), count)
+            raise FrameError(
+                f"{name}: truncated: HDU {h.index} has {have} of {count} pixels", retryable=True
+            )
+    buf = _native_float32(buf)
+    return [
+        buf[start : start + count].reshape(h.shape)
+        for h, start, count in zip(hdus, starts, counts, strict=True)
+    ]
+
+
+def _read_array(f, path, hdu: _Hdu, name: str) -> np.ndarray:
+    """One image HDU as native float32 (scaled integers: astropy applies BSCALE/BZERO)."""
     count = math.prod(hdu.shape)
     if hdu.bitpix in _FLOAT_DTYPES and "BSCALE" not in hdu.header and "BZERO" not in hdu.header:
-        dtype = np.dtype(_FLOAT_DTYPES[hdu.bitpix])
-        with open(path, "rb") as f:
-            f.seek(hdu.data_offset)
-            raw = np.fromfile(f, dtype=dtype, count=count)
-        if raw.size != count:
+        raw = np.empty(count, dtype=np.dtype(_FLOAT_DTYPES[hdu.bitpix]))
+        f.seek(hdu.data_offset)
+        got = _read_into(f, raw) // raw.dtype.itemsize
+        if got != count:
             raise FrameError(
-                f"{name}: truncated: HDU {hdu.index} has {raw.size} of {count} pixels",
+                f"{name}: truncated: HDU {hdu.index} has {got} of {count} pixels",
                 retryable=True,
             )
-        return raw.astype(np.float32).reshape(hdu.shape)
+        return _native_float32(raw).reshape(hdu.shape)
     # rare layouts (scaled integers): let astropy apply BSCALE/BZERO
     with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
         return np.asarray(hdul[hdu.index].data, dtype=np.float32)
+
+
+#: bytes of image data examined per step while looking for a real pixel (`verify_frame`)
+_VERIFY_CHUNK = 1 << 16
+
+
+def _image_signal(f, hdu: _Hdu) -> str:
+    """``""`` when image ``hdu`` has a finite, non-zero pixel, else why not ("all NaN/inf"
+    or "all zero"). Reads the data in growing chunks and stops at the first real pixel, so
+    a normal frame costs one small read; an empty image is read to its end."""
+    dtype = np.dtype(_FLOAT_DTYPES[hdu.bitpix])
+    total = math.prod(hdu.shape)
+    step = max(1, _VERIFY_CHUNK // dtype.itemsize)
+    f.seek(hdu.data_offset)
+    done, any_finite = 0, False
+    while done < total:
+        chunk = np.empty(min(step, total - done), dtype=dtype)
+        got = _read_into(f, chunk) // dtype.itemsize
+        if not got:
+            break
+        chunk = chunk[:got]
+        n_finite = int(np.count_nonzero(np.isfinite(chunk)))
+        # NaN/inf count as non-zero: some finite pixel is non-zero iff nonzero > non-finite
+        if int(np.count_nonzero(chunk)) > got - n_finite:
+            return ""
+        any_finite |= n_finite > 0
+        done += got
+        step = min(step * 4, 1 << 22)
+    return "all zero" if any_finite else "all NaN/inf"
 
 
 def _image_pair(hdus: list[_Hdu], name: str) -> tuple[_Hdu, _Hdu]:
@@ -491,20 +690,22 @@ def read_frame(
 
     Checks that the file is the requested sector/camera/CCD (``FrameError`` otherwise) but
     does not do the full `verify_frame` checks. Native-endian float32 (rows, cols) arrays are
-    returned; a full 2078x2136 frame reads in a few tens of ms from the page cache.
+    returned (views of one buffer); a full 2078x2136 frame reads in a few ms from the page
+    cache: one pass over the headers, one read of both images, an in-place byte swap.
     """
     name = _display_name(path, file_name)
-    hdus, _size, truncated = _open_hdus(path, name, max_hdus=3)
-    if truncated:
-        raise FrameError(f"{name}: {truncated}", retryable=True)
-    h0 = hdus[0].header
-    h1 = hdus[1].header if len(hdus) > 1 else fits.Header()
-    _check_identity(name, h0, h1, sector, camera, ccd)
-    img_hdu, err_hdu = _image_pair(hdus, name)
-    meta = _meta_from_headers(name, h0, h1)
-    image = _read_array(path, img_hdu, name)
-    uncert = _read_array(path, err_hdu, name)
-    return Frame(meta=meta, image=image, uncert=uncert, wcs_header=h1.copy())
+    f, _size = _open(path, name)
+    with f:
+        hdus, truncated = _scan_hdus(f, name, _size, max_hdus=3)
+        if truncated:
+            raise FrameError(f"{name}: {truncated}", retryable=True)
+        h0 = hdus[0].header
+        h1 = hdus[1].header if len(hdus) > 1 else _Cards("", name, 1)
+        _check_identity(name, h0, h1, sector, camera, ccd)
+        img_hdu, err_hdu = _image_pair(hdus, name)
+        meta = _meta_from_headers(name, h0, h1)
+        image, uncert = _read_images(f, path, (img_hdu, err_hdu), name)
+    return Frame(meta=meta, image=image, uncert=uncert, wcs_header=h1.text)
 
 
 def verify_frame(
@@ -521,14 +722,21 @@ def verify_frame(
     file size is a multiple of 2880 bytes and at least what the headers declare; HDUs 1 and 2
     are 2-D images of equal shape; SECTOR/CAMERA/CCD (primary or HDU 1) and TSTART, TSTOP,
     DQUALITY, BARYCORR (HDU 1) are present and numeric; SECTOR/CAMERA/CCD match; the image
-    has at least one finite, non-zero pixel (the image data are read once).
+    has at least one finite, non-zero pixel (the image data are read only until the first
+    such pixel: a few kB for a normal frame, all of it for an empty one).
 
     ``file_name`` names the file in messages and in the returned `FrameMeta` (useful when
     verifying ``*.part`` downloads). Raises `FrameError` with a one-line reason;
     ``FrameError.retryable`` tells whether downloading again may help.
     """
     name = _display_name(path, file_name)
-    hdus, size, truncated = _open_hdus(path, name, max_hdus=_MAX_HDUS)
+    f, size = _open(path, name)
+    with f:
+        return _verify(f, path, size, name, sector, camera, ccd)
+
+
+def _verify(f, path, size: int, name: str, sector: int, camera: int, ccd: int) -> FrameMeta:
+    hdus, truncated = _scan_hdus(f, name, size, _MAX_HDUS)
     if truncated:
         raise FrameError(f"{name}: {truncated}", retryable=True)
     expected = hdus[-1].end
@@ -546,14 +754,17 @@ def verify_frame(
     _check_identity(name, h0, h1, sector, camera, ccd)
     if img_hdu.bitpix not in _FLOAT_DTYPES:
         raise FrameError(f"{name}: HDU 1 has BITPIX={img_hdu.bitpix}, expected -32 or -64")
-    image = _read_array(path, img_hdu, name)
-    n = image.size
-    n_finite = int(np.count_nonzero(np.isfinite(image)))
-    if n_finite == 0:
-        raise FrameError(f"{name}: image HDU 1 is all NaN/inf")
-    # NaN/inf count as non-zero, so all finite pixels are zero iff nonzero == non-finite
-    if int(np.count_nonzero(image)) == n - n_finite:
-        raise FrameError(f"{name}: image HDU 1 is all zero")
+    if "BSCALE" in img_hdu.header or "BZERO" in img_hdu.header:
+        image = _read_array(f, path, img_hdu, name)  # scaled: look at the scaled values
+        n_finite = int(np.count_nonzero(np.isfinite(image)))
+        empty = "all NaN/inf" if n_finite == 0 else ""
+        # NaN/inf count as non-zero, so all finite pixels are zero iff nonzero == non-finite
+        if n_finite and int(np.count_nonzero(image)) == image.size - n_finite:
+            empty = "all zero"
+    else:
+        empty = _image_signal(f, img_hdu)
+    if empty:
+        raise FrameError(f"{name}: image HDU 1 is {empty}")
     return meta
 
 
