@@ -65,6 +65,9 @@ PERIOD_SOURCES = ("ls", "2*ls", "bls", "2*bls", "events", "none")
 #: full FFI array: 2136 columns x 2078 rows [px]
 FFI_COLS, FFI_ROWS = 2136, 2078
 
+#: ``meta`` key of expectations on a column aggregate (left out for empty data, where the
+#: aggregate is undefined and every row-wise rule holds)
+AGGREGATE = "aggregate"
 #: tables validated in chunks of whole groups, with a derived coverage table per group
 CHUNKED: dict[str, str] = {"photometry": "cadence", "lightcurves": "star_id"}
 #: rows are sorted by these columns before validation (order-dependent expectations)
@@ -216,6 +219,19 @@ def _between(column: str, lo=None, hi=None, *, strict_min=False, when=None, text
         if when is not None:
             text += f" where {when[0]} == {when[1]}"
     return _gxe().ExpectColumnValuesToBeBetween(**kwargs, description=text)
+
+
+def _min_at_least(column: str, lo: float, text: str | None = None):
+    """``column >= lo`` on every row, checked on the column's minimum (one vectorised
+    reduction: GX's row-wise ``between`` falls back to a Python call per value for integer
+    columns narrower than int64, ~0.5 us x 10^7 rows of a CCD). Nulls are ignored, as by
+    ``between``; the report gives the observed minimum instead of a row count."""
+    return _gxe().ExpectColumnMinToBeBetween(
+        column=column,
+        min_value=lo,
+        description=text or f"{column} >= {lo:g}",
+        meta={AGGREGATE: True},
+    )
 
 
 def _finite(column: str, when=None):
@@ -398,7 +414,7 @@ def photometry_suite(ctx: PartitionContext) -> list:
             column_B="frame_btjd",
             description="btjd is the frame's btjd (increasing with cadence)",
         ),
-        _between("quality", 0, None),
+        _min_at_least("quality", 0),
         _in_set("quality_unknown_bits", [0], "quality has only documented bits"),
         _between("flux_err", 0, None, strict_min=True, when=("quality", 0)),
         _between("flux_err", 0, None, text="flux_err >= 0"),
@@ -506,7 +522,7 @@ def lightcurves_suite(ctx: PartitionContext) -> list:
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="btjd", column_B="frame_btjd", description="btjd is the frame's btjd"
         ),
-        _between("mask_bits", 0, None),
+        _min_at_least("mask_bits", 0),
         _in_set("mask_unknown_bits", [0], "mask_bits has only LcMask bits"),
         _between("flux_err", 0, None, strict_min=True, when=("mask_bits", 0)),
     ]
@@ -617,10 +633,13 @@ SIZE_DEPENDENT: dict[str, Callable[[PartitionContext, int], list]] = {
 
 
 def build_suite(table: str, ctx: PartitionContext, n_rows: int | None = None) -> list:
-    """The expectations of ``table`` for one partition (``n_rows``: rows validated)."""
+    """The expectations of ``table`` for one partition (``n_rows``: rows validated; with 0,
+    the column-aggregate ones are left out)."""
     if table not in SUITES:
         raise KeyError(f"no expectation suite for table {table!r}")
     out = list(SUITES[table](ctx))
+    if n_rows == 0:
+        out = [e for e in out if not (e.meta or {}).get(AGGREGATE)]
     if n_rows is not None and table in SIZE_DEPENDENT:
         out += SIZE_DEPENDENT[table](ctx, n_rows)
     return out

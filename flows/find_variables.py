@@ -38,12 +38,6 @@ def load_partition(lake, sector: int, camera: int, ccd: int):
     lake = lake if isinstance(lake, Lakehouse) else Lakehouse(lake)
     if not lake.has_table("photometry"):
         raise LakehouseError(f"no photometry table in the lake at {lake.uri}: run ingest first")
-    cols = ["star_id", "cadence", "btjd", "flux", "flux_err", "bkg", "x", "y", "quality"]
-    ph = pl.from_arrow(lake.read("photometry", sector, camera, ccd, columns=cols))
-    if ph.height == 0:
-        raise LakehouseError(
-            f"no photometry for sector {sector} camera {camera} ccd {ccd} in {lake.uri}"
-        )
     frames = (
         pl.from_arrow(lake.read("frames", sector, camera, ccd))
         if lake.has_table("frames")
@@ -52,8 +46,28 @@ def load_partition(lake, sector: int, camera: int, ccd: int):
     stars = (
         pl.from_arrow(lake.read("stars", sector, camera, ccd)) if lake.has_table("stars") else None
     )
+    cols = ["star_id", "cadence", "btjd", "flux", "flux_err", "quality"]
+    # per-row background and centroids only feed fallbacks for what frames/stars lack
+    # (tasks.qc.epoch_flags_pre, tasks.common_mode.correct_ccd): not read otherwise
+    if not _any_finite(frames, "bkg_median"):
+        cols.append("bkg")
+    if not _any_finite(frames, "dx") or stars is None or stars.height == 0:
+        cols += ["x", "y"]
+    ph = pl.from_arrow(lake.read("photometry", sector, camera, ccd, columns=cols))
+    if ph.height == 0:
+        raise LakehouseError(
+            f"no photometry for sector {sector} camera {camera} ccd {ccd} in {lake.uri}"
+        )
     m = pivot_photometry(ph, stars, frames)
     return m, frames
+
+
+def _any_finite(frame, column: str) -> bool:
+    """True when a Polars DataFrame has ``column`` with at least one finite value."""
+    if frame is None or frame.height == 0 or column not in frame.columns:
+        return False
+    values = frame.get_column(column).cast(float).fill_null(np.nan).to_numpy()
+    return bool(np.isfinite(values).any())
 
 
 @task(name="load-photometry", cache_policy=NO_CACHE)
@@ -138,6 +152,20 @@ def summarize(corrected, analysis, counts: dict, timings: dict) -> dict:
     }
 
 
+def release_matrices(corrected) -> None:
+    """Drop the (stars x cadences) arrays of a corrected CCD and of its light-curve matrix.
+
+    Prefect keeps every task's result until the flow ends; once the tables are built these
+    arrays (~0.6 GB per 10^7 photometry rows) are not needed, and dropping them before the
+    publish step lowers the flow's peak memory. Per-star and per-cadence results stay.
+    """
+    m = corrected.matrix
+    for name in ("flux", "flux_err", "mult", "add", "mask_bits"):
+        setattr(corrected, name, None)
+    for name in ("flux", "flux_err", "quality", "present", "bkg", "cx", "cy"):
+        setattr(m, name, None)
+
+
 def _bad(flags):
     from tasks.qc import epoch_bad
 
@@ -159,8 +187,10 @@ def find_variables(
     science_size: int | None = None,
 ) -> dict:
     """Analyse one CCD of one sector; writes the analytics tables, returns a summary dict."""
+    from expectations.gate import preload_gx
     from lakehouse.store import Lakehouse
 
+    preload_gx()  # import Great Expectations in the background for the publish gate
     logger = get_run_logger()
     lake_uri = Lakehouse(lake).uri
     timings = {}
@@ -175,9 +205,11 @@ def find_variables(
     timings["analyze"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     tables = build_tables(corrected, analysis, sector, camera, ccd)
+    summary = summarize(corrected, analysis, {}, timings)
+    release_matrices(corrected)  # the tables hold what is published from here on
     counts = publish_task(lake_uri, tables, sector, camera, ccd)
     timings["publish"] = round(time.perf_counter() - t0, 2)
-    summary = summarize(corrected, analysis, counts, timings)
+    summary.update(rows=counts, seconds=timings)
     logger.info(
         "s%04d-%d-%d: %d stars x %d cadences, %d candidates %s",
         sector,

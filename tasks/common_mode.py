@@ -41,7 +41,14 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from tasks.qc import MAD_TO_SIGMA, high_outliers, nan_robust_std, nanmedian
+from tasks.qc import (
+    MAD_TO_SIGMA,
+    for_row_blocks,
+    high_outliers,
+    nan_robust_std,
+    nanmedian,
+    thread_map,
+)
 
 
 def normalise_by_median(
@@ -83,9 +90,9 @@ class CommonModeResult:
 
 
 def _median_rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return nanmedian(np.where(mask, a, np.nan), axis=1)
+    from tasks.qc import masked_row_median
+
+    return masked_row_median(a, mask)
 
 
 def neighbour_matrix(
@@ -166,6 +173,7 @@ def correct_common_mode(
     regressors: np.ndarray | None = None,
     window: tuple[np.ndarray, np.ndarray] | None = None,
     noise_tiers: bool = False,
+    n_jobs: int | None = None,
 ) -> CommonModeResult:
     """Remove the locally shared multiplicative and additive systematics.
 
@@ -188,6 +196,8 @@ def correct_common_mode(
     noise_tiers : pick references by noise tier as well (see :func:`neighbour_matrix`)
     regressors : (T, p) pointing regressors (:func:`pointing_regressors`); when given, each
         star's own pointing response is removed first (:func:`decorrelate_pointing`)
+    n_jobs : threads for the row-block passes (default :data:`tasks.qc.N_JOBS`; the result
+        does not depend on it)
     """
     n, t = flux.shape
     good = good & np.isfinite(flux) & np.isfinite(flux_err) & (flux_err > 0)
@@ -198,11 +208,12 @@ def correct_common_mode(
         reference_ok = np.ones(n, bool)
     ref_cand = valid & reference_ok & (n_good >= 0.5 * t)
     safe_med = np.where(valid, med, 1.0)
-    pointing = np.zeros((n, t))
+    pointing = None
     if regressors is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             rel0 = flux / safe_med[:, None] - 1.0
         pointing, _ = decorrelate_pointing(rel0, good & valid[:, None], regressors)
+        del rel0
         flux = flux / (1.0 + pointing)
         flux_err = flux_err / np.abs(1.0 + pointing)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -213,47 +224,49 @@ def correct_common_mode(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        star_noise = nanmedian(np.where(good, srel, np.nan), axis=1)
+        star_noise = _median_rows(srel, good)
     ref_index = np.flatnonzero(ref_cand)
     point_ok = good[ref_index].copy()
     noise_scale = np.ones(len(ref_index))
     active = np.ones(len(ref_index), bool)
-    alpha_t = beta_t = var_m = None
-    w_mat = n_refs = radius = None
     n_pass = max(1, n_iter)
-    for it in range(n_pass):
+    buffer = None
+    for _ in range(n_pass - 1):
+        # cleaning pass: residuals of every candidate reference against its (self-excluded)
+        # prediction, block by block over the candidate references
         used = active.copy()
-        w_mat, n_refs, radius = neighbour_matrix(
+        w_mat, _, _ = neighbour_matrix(
             x, y, ref_index[used], n_neighbours, noise=star_noise if noise_tiers else None
         )
         rk = ref_index[used]
-        last = it == n_pass - 1
-        fits = _local_fit(
-            w_mat if last else w_mat[ref_index],  # cleaning passes: reference rows only
-            rel[rk],
-            srel[rk] * noise_scale[used, None],
-            point_ok[used],
-            u_all[rk],
-            additive,
-            window if last else None,
+        terms = _ref_terms(
+            rel, srel, rk, noise_scale[used], point_ok[used], u_all[rk], additive, n_jobs, buffer
         )
-        alpha_t, beta_t, var_m, cov_mb, var_b = fits[0]
-        if last:
-            break
-        # residuals of every candidate reference against its (self-excluded) prediction
-        pred = alpha_t + beta_t * u_all[ref_index, None]
-        pvar = var_m + 2 * u_all[ref_index, None] * cov_mb + u_all[ref_index, None] ** 2 * var_b
-        with np.errstate(invalid="ignore"):
-            z = (rel[ref_index] - pred) / np.sqrt(srel[ref_index] ** 2 + pvar)
-        z = np.where(good[ref_index], z, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            scale = nan_robust_std(z, axis=1)
-            binned = _binned_chi(z, 12)
+        w_ref = w_mat[ref_index]
+        scale = np.full(len(ref_index), np.nan)
+        binned = np.full(len(ref_index), np.nan)
+        new_ok = np.zeros_like(point_ok)
+
+        def clean(sl, w_ref=w_ref, terms=terms, scale=scale, binned=binned, new_ok=new_ok):
+            rows = ref_index[sl]
+            alpha_t, beta_t, var_m, cov_mb, var_b = _fit_rows(w_ref[sl], terms, t, additive)[0]
+            u = u_all[rows, None]
+            pred = alpha_t + beta_t * u
+            pvar = var_m + 2 * u * cov_mb + u**2 * var_b
+            with np.errstate(invalid="ignore"):
+                z = (rel[rows] - pred) / np.sqrt(srel[rows] ** 2 + pvar)
+            z = np.where(good[rows], z, np.nan)
+            sc = nan_robust_std(z, axis=1)
+            scale[sl] = sc
+            binned[sl] = _binned_chi(z, 12)
+            ns = np.where(np.isfinite(sc), np.maximum(sc, 1.0), 1.0)
+            new_ok[sl] = good[rows] & (np.abs(np.nan_to_num(z, nan=np.inf)) < clip * ns[:, None])
+
+        for_row_blocks(clean, len(ref_index), terms.shape[1], n_jobs)
+        buffer = terms  # reused by the next pass (no fresh memory)
+        del w_ref
         noise_scale = np.where(np.isfinite(scale), np.maximum(scale, 1.0), 1.0)
-        point_ok = good[ref_index] & (
-            np.abs(np.nan_to_num(z, nan=np.inf)) < clip * noise_scale[:, None]
-        )
+        point_ok = new_ok
         # rejection is final: a variable's own blended satellites could otherwise make its
         # residual look quiet on the next pass
         variable = high_outliers(scale, alpha) | high_outliers(binned, alpha)
@@ -268,55 +281,86 @@ def correct_common_mode(
     # over time and its formal noise); for the fast part also at most the slope of the
     # star on it (its real fast noise exceeds the formal one; slow stellar variability
     # hardly correlates with a fast series, so this cannot be biased by it).
-    def parts(fit):
-        a, b, vm, cmb, vb = fit
-        bad = ~np.isfinite(a) | ~np.isfinite(b)
-        a, b = np.where(bad, 0.0, a), np.where(bad, 0.0, b)
-        pv = np.where(bad, 0.0, vm + 2 * u_all[:, None] * cmb + u_all[:, None] ** 2 * vb)
-        return a, b, pv, bad
-
-    a_u, b_u, pvar_u, uncorrected = parts(fits[0])
-    if len(fits) > 1:
-        a_s, b_s, pvar_s, bad_s = parts(fits[1])
-        uncorrected = uncorrected & bad_s
-    else:
-        a_s, b_s, pvar_s = a_u, b_u, pvar_u
-    pred_s = a_s + b_s * u_all[:, None]
-    pred_f = (a_u + b_u * u_all[:, None]) - pred_s
-    g_s = _wiener(pred_s, pvar_s, good)
-    g_f = np.minimum(
-        _wiener(pred_f, np.maximum(pvar_u - pvar_s, 0.0), good), _slope(rel, srel, good, pred_f)
+    used = active.copy()
+    w_mat, n_refs, radius = neighbour_matrix(
+        x, y, ref_index[used], n_neighbours, noise=star_noise if noise_tiers else None
     )
-    if len(fits) == 1:
-        g_f = np.zeros_like(g_s)
-    a_t = g_s[:, None] * a_s + g_f[:, None] * (a_u - a_s)
-    b_t = g_s[:, None] * b_s + g_f[:, None] * (b_u - b_s)
-    pvar = g_s[:, None] ** 2 * pvar_s + g_f[:, None] ** 2 * np.maximum(pvar_u - pvar_s, 0.0)
-    gain = g_s
-    a_rel = b_t * u_all[:, None]  # additive term in units of the star's median flux
-    if fit_scale:
-        a_t, a_rel = _fit_scales(rel, srel, good, a_t, a_rel)
-    add = a_rel * safe_med[:, None]  # e-/s in the aperture
-    add_px = add / area[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corrected = (flux - add) / (1.0 + a_t)
-        err = np.sqrt(flux_err**2 + (safe_med[:, None] ** 2) * np.maximum(pvar, 0.0)) / np.abs(
-            1.0 + a_t
-        )
-    invalid = ~valid
-    corrected[invalid] = flux[invalid]
-    err[invalid] = flux_err[invalid]
-    # report the pointing term inside the multiplicative one: raw = true (1 + m) + add
-    a_t = (1.0 + a_t) * (1.0 + pointing) - 1.0
-    add = add * (1.0 + pointing)
-    add_px = add_px * (1.0 + pointing)
-    uncorrected |= invalid[:, None]
+    rk = ref_index[used]
+    terms = _ref_terms(
+        rel, srel, rk, noise_scale[used], point_ok[used], u_all[rk], additive, n_jobs, buffer
+    )
+    del buffer
+    corrected = np.empty((n, t))
+    err = np.empty((n, t))
+    mult = np.empty((n, t))
+    add = np.empty((n, t))
+    add_px = np.empty((n, t))
+    uncorrected = np.empty((n, t), bool)
+    gain = np.empty(n)
+
+    def final(sl):
+        fits = _fit_rows(w_mat[sl], terms, t, additive, window)
+        u = u_all[sl, None]
+
+        def parts(fit):
+            a, b, vm, cmb, vb = fit
+            bad = ~np.isfinite(a) | ~np.isfinite(b)
+            a, b = np.where(bad, 0.0, a), np.where(bad, 0.0, b)
+            pv = np.where(bad, 0.0, vm + 2 * u * cmb + u**2 * vb)
+            return a, b, pv, bad
+
+        a_u, b_u, pvar_u, unc = parts(fits[0])
+        if len(fits) > 1:
+            a_s, b_s, pvar_s, bad_s = parts(fits[1])
+            unc = unc & bad_s
+        else:
+            a_s, b_s, pvar_s = a_u, b_u, pvar_u
+        g, r, sr = good[sl], rel[sl], srel[sl]
+        pred_s = a_s + b_s * u
+        pred_f = (a_u + b_u * u) - pred_s
+        g_s = _wiener(pred_s, pvar_s, g)
+        pvar_f = np.maximum(pvar_u - pvar_s, 0.0)
+        g_f = np.minimum(_wiener(pred_f, pvar_f, g), _slope(r, sr, g, pred_f))
+        if len(fits) == 1:
+            g_f = np.zeros_like(g_s)
+        a_t = g_s[:, None] * a_s + g_f[:, None] * (a_u - a_s)
+        b_t = g_s[:, None] * b_s + g_f[:, None] * (b_u - b_s)
+        pvar = g_s[:, None] ** 2 * pvar_s + g_f[:, None] ** 2 * pvar_f
+        gain[sl] = g_s
+        a_rel = b_t * u  # additive term in units of the star's median flux
+        if fit_scale:
+            a_t, a_rel = _fit_scales(r, sr, g, a_t, a_rel)
+        med_b = safe_med[sl, None]
+        ad = a_rel * med_b  # e-/s in the aperture
+        ad_px = ad / area[sl, None]
+        f, fe = flux[sl], flux_err[sl]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = (f - ad) / (1.0 + a_t)
+            e = np.sqrt(fe**2 + (med_b**2) * np.maximum(pvar, 0.0)) / np.abs(1.0 + a_t)
+        invalid = ~valid[sl]
+        corr[invalid] = f[invalid]
+        e[invalid] = fe[invalid]
+        corrected[sl] = corr
+        err[sl] = e
+        # report the pointing term inside the multiplicative one: raw = true (1 + m) + add
+        if pointing is None:
+            mult[sl] = (1.0 + a_t) * 1.0 - 1.0
+            add[sl] = ad
+            add_px[sl] = ad_px
+        else:
+            p1 = 1.0 + pointing[sl]
+            mult[sl] = (1.0 + a_t) * p1 - 1.0
+            add[sl] = ad * p1
+            add_px[sl] = ad_px * p1
+        uncorrected[sl] = unc | invalid[:, None]
+
+    for_row_blocks(final, n, terms.shape[1], n_jobs)
     is_ref = np.zeros(n, bool)
     is_ref[ref_index[used]] = True
     return CommonModeResult(
         flux=corrected,
         flux_err=err,
-        mult=a_t,
+        mult=mult,
         add=add,
         add_per_px=add_px,
         uncorrected=uncorrected,
@@ -374,30 +418,72 @@ def _binned_chi(z: np.ndarray, width: int) -> np.ndarray:
     return nan_robust_std(stat, axis=1)
 
 
-def _local_fit(
-    w_mat: sp.csr_matrix,
-    r_ref: np.ndarray,
-    s_ref: np.ndarray,
+def _ref_terms(
+    rel: np.ndarray,
+    srel: np.ndarray,
+    rows: np.ndarray,
+    scale: np.ndarray,
     ok_ref: np.ndarray,
     u_ref: np.ndarray,
+    additive: bool,
+    n_jobs: int | None = None,
+    buffer: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-reference terms of the normal equations of :func:`_fit_rows`, side by side.
+
+    References are the rows ``rows`` of ``rel`` (relative flux) and ``srel`` (its error,
+    multiplied by the per-reference ``scale``); ``ok_ref`` their usable points, ``u_ref``
+    their aperture area / median flux [px per e-/s]. Returns (n_ref, k T): the blocks
+    ``w, w r, w u, w u^2, w u r`` (k = 5; only the first two without ``additive``) with
+    ``w = 1/s^2`` on usable points and 0 elsewhere, written into ``buffer`` (a previous
+    result, no longer needed) when it is large enough.
+    """
+    t = rel.shape[1]
+    k = 5 if additive else 2
+    size = len(rows) * k * t
+    if buffer is not None and buffer.flags.c_contiguous and buffer.size >= size:
+        out = buffer.reshape(-1)[:size].reshape(len(rows), k * t)
+    else:
+        out = np.empty((len(rows), k * t))
+
+    def fill(sl):
+        r_ref = rel[rows[sl]]
+        s_ref = srel[rows[sl]] * scale[sl, None]
+        ok = ok_ref[sl]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            wgt = np.where(ok, 1.0 / s_ref**2, 0.0)
+        wgt[~np.isfinite(wgt)] = 0.0
+        rr = np.where(ok, np.nan_to_num(r_ref), 0.0)
+        out[sl, :t] = wgt
+        out[sl, t : 2 * t] = wgt * rr
+        if additive:
+            u = u_ref[sl, None]
+            out[sl, 2 * t : 3 * t] = wgt * u
+            out[sl, 3 * t : 4 * t] = wgt * u * u
+            out[sl, 4 * t :] = wgt * u * rr
+
+    for_row_blocks(fill, len(rows), k * t, n_jobs)
+    return out
+
+
+def _fit_rows(
+    w_rows: sp.csr_matrix,
+    terms: np.ndarray,
+    t: int,
     additive: bool,
     window: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Weighted least squares ``r = m + b u`` over each star's neighbours, per cadence.
 
-    Returns a list of solutions (m, b, var(m), cov(m, b), var(b)), each (n, T): the
-    per-cadence fit and, with ``window`` = (lo, hi) inclusive cadence bounds, a second
-    fit whose normal equations are also summed over those cadences (local in space and
-    time: the slow part of the systematics with ~sqrt(width) less noise).
+    ``w_rows`` (stars x references) links a block of stars to their references, ``terms``
+    from :func:`_ref_terms`, ``t`` the number of cadences. Returns a list of solutions
+    (m, b, var(m), cov(m, b), var(b)), each (stars, t): the per-cadence fit and, with
+    ``window`` = (lo, hi) inclusive cadence bounds, a second fit whose normal equations are
+    also summed over those cadences (local in space and time: the slow part of the
+    systematics with ~sqrt(width) less noise).
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        wgt = np.where(ok_ref, 1.0 / s_ref**2, 0.0)
-    wgt[~np.isfinite(wgt)] = 0.0
-    rr = np.where(ok_ref, np.nan_to_num(r_ref), 0.0)
-    u = u_ref[:, None]
-    sums = [w_mat @ wgt, w_mat @ (wgt * rr)]
-    if additive:
-        sums += [w_mat @ (wgt * u), w_mat @ (wgt * u * u), w_mat @ (wgt * u * rr)]
+    s = w_rows @ terms
+    sums = [s[:, j * t : (j + 1) * t] for j in range(terms.shape[1] // t)]
     out = [_solve(sums, additive)]
     if window is not None:
         out.append(_solve([window_sum(a, *window) for a in sums], additive))
@@ -608,9 +694,7 @@ def correct_ccd(
     if science_size is None:
         science_size = qc.infer_science_size(x, y)
     edge = qc.edge_distance(x, y, science_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        raw_med = nanmedian(np.where(point_ok, m.flux, np.nan), axis=1)
+    raw_med = qc.masked_row_median(m.flux, point_ok)
     ref_flux = m.ref_flux if m.ref_flux is not None else raw_med
     ref_flux = np.where(np.isfinite(ref_flux), ref_flux, raw_med)
     crowd = qc.crowding(x, y, ref_flux, radius)
@@ -644,12 +728,23 @@ def correct_ccd(
         window=window,
     )
 
-    cmed, rel, srel = normalise_by_median(cm.flux, cm.flux_err, good)
-    outlier = isolated_outliers(rel, srel, good, alpha)
+    cmed = np.empty(n)
+    outlier = np.empty((n, t), bool)
+    resid_norm = np.empty((n, t))  # corrected relative flux / error (NaN: not good, outlier)
+    rel_good = np.empty((n, t))  # corrected relative flux (NaN: not good)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        resid_norm = np.where(good & ~outlier, rel / srel, np.nan)
-    post = qc.epoch_flags_post(resid_norm, np.where(good, rel, np.nan), cmed, pre["flags"], alpha)
+    def normalised(sl):  # row-wise: blocks of stars on several threads
+        g = good[sl]
+        cmed[sl], rel, srel = normalise_by_median(cm.flux[sl], cm.flux_err[sl], g)
+        out = isolated_outliers(rel, srel, g, alpha)
+        outlier[sl] = out
+        with np.errstate(invalid="ignore", divide="ignore"):
+            resid_norm[sl] = np.where(g & ~out, rel / srel, np.nan)
+        rel_good[sl] = np.where(g, rel, np.nan)
+
+    for_row_blocks(normalised, n, t)
+    post = qc.epoch_flags_post(resid_norm, rel_good, cmed, pre["flags"], alpha)
+    resid_norm = rel_good = None  # free before the star statistics
     flags = post["flags"]
     epoch_bad = qc.epoch_bad(flags)
 
@@ -672,18 +767,14 @@ def correct_ccd(
     st["cm_gain"] = cm.gain
     st["n_cadences"] = np.full(n, t, np.int32)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        add_px = np.where(good, cm.add_per_px, np.nan)
-        mult = np.where(good, cm.mult, np.nan)
-        epoch = {
-            **{k: v for k, v in pre.items() if k != "flags"},
-            "ensemble_scatter": post["ensemble_scatter"],
-            "ensemble_chi": post["ensemble_chi"],
-            "cm_mult": nanmedian(mult, axis=0),
-            "cm_add": nanmedian(add_px, axis=0),
-            "flags": flags,
-        }
+    epoch = {
+        **{k: v for k, v in pre.items() if k != "flags"},
+        "ensemble_scatter": post["ensemble_scatter"],
+        "ensemble_chi": post["ensemble_chi"],
+        "cm_mult": qc._nanmedian_cols(cm.mult, mask=good),
+        "cm_add": qc._nanmedian_cols(cm.add_per_px, mask=good),
+        "flags": flags,
+    }
     return CorrectedCCD(
         matrix=m,
         flux=cm.flux,
@@ -697,36 +788,54 @@ def correct_ccd(
     )
 
 
+#: rows per record batch of the ``lightcurves`` table (whole stars per batch)
+LC_BATCH_ROWS = 1 << 20
+
+
 def lightcurves_table(c: CorrectedCCD, sector: int, camera: int, ccd: int):
-    """``lightcurves`` rows (one per photometry row) as a pyarrow Table (schema LIGHTCURVES)."""
+    """``lightcurves`` rows (one per photometry row) as a pyarrow Table (schema LIGHTCURVES).
+
+    Rows are star-major (star_id, then cadence), in record batches of whole stars of about
+    ``LC_BATCH_ROWS`` rows, built straight from the matrices; NaN floats become nulls.
+    """
     import pyarrow as pa
 
     from lakehouse.schemas import LIGHTCURVES
 
     m = c.matrix
-    ii, jj = np.nonzero(m.present)
-    k = ii.size
-    cols = {
-        "sector": np.full(k, sector, np.int16),
-        "camera": np.full(k, camera, np.int8),
-        "ccd": np.full(k, ccd, np.int8),
-        "star_id": m.star_id[ii],
-        "cadence": m.cadence[jj],
-        "btjd": m.btjd[jj],
-        "flux": c.flux[ii, jj],
-        "flux_err": c.flux_err[ii, jj],
-        "flux_raw": m.flux[ii, jj],
-        "cm_mult": c.mult[ii, jj],
-        "cm_add": c.add[ii, jj],
-        "mask_bits": c.mask_bits[ii, jj],
+    n, t = m.shape
+    types = {f.name: f.type for f in LIGHTCURVES}
+    matrices = {
+        "flux": c.flux,
+        "flux_err": c.flux_err,
+        "flux_raw": m.flux,
+        "cm_mult": c.mult,
+        "cm_add": c.add,
+        "mask_bits": c.mask_bits,
     }
-    return pa.Table.from_pydict(
-        {
-            name: pa.array(cols[name], type=LIGHTCURVES.field(name).type, from_pandas=True)
-            for name in LIGHTCURVES.names
-        },
-        schema=LIGHTCURVES,
-    )
+    step = max(1, LC_BATCH_ROWS // max(t, 1))
+    batches = []
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        sel = m.present[a:b].ravel()
+        per_star = m.present[a:b].sum(axis=1)
+        k = int(per_star.sum())
+        cols = {
+            "sector": np.full(k, sector, np.int16),
+            "camera": np.full(k, camera, np.int8),
+            "ccd": np.full(k, ccd, np.int8),
+            "star_id": np.repeat(m.star_id[a:b], per_star),
+            "cadence": np.tile(m.cadence, b - a)[sel],
+            "btjd": np.tile(m.btjd, b - a)[sel],
+            **{name: v[a:b].ravel()[sel] for name, v in matrices.items()},
+        }
+        batches.append(
+            pa.RecordBatch.from_arrays(
+                [pa.array(cols[f], type=types[f], from_pandas=True) for f in LIGHTCURVES.names],
+                schema=LIGHTCURVES,
+            )
+        )
+    return pa.Table.from_batches(batches, schema=LIGHTCURVES)
 
 
 def pointing_regressors(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -769,11 +878,14 @@ def decorrelate_pointing(
     cov_diag = np.full((n, p), np.inf)
     xtx = np.zeros((n, p, p))
     xty = np.zeros((n, p))
-    for start in range(0, n, chunk):
+
+    def normal_equations(start):  # chunks of stars on several threads
         sl = slice(start, start + chunk)
         w = pair[sl].astype(float)
         xtx[sl] = np.einsum("nt,tp,tq->npq", w, dr, dr)
         xty[sl] = np.einsum("nt,tp,nt->np", w, dr, dv[sl])
+
+    thread_map(normal_equations, range(0, n, chunk))
     s2 = sig**2
     ok = np.isfinite(s2) & (pair.sum(axis=1) > 3 * p)
     eye = np.eye(p)[None]

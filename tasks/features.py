@@ -128,11 +128,27 @@ def stetson_j(
     ``t`` (T,) [d]; ``y``, ``s`` (n, T); ``max_gap`` [d] the longest separation of a pair
     (default 1.5 x the median cadence spacing). Vectorised over all points of all rows.
     """
-    n, _ = y.shape
-    usable = good & np.isfinite(y) & np.isfinite(s) & (s > 0)
+    from tasks.qc import for_row_blocks
+
+    n, t_len = y.shape
     if max_gap is None:
         dt = np.diff(t[np.isfinite(t)])
         max_gap = 1.5 * float(np.median(dt)) if dt.size else np.inf
+    out = np.full(n, np.nan)
+
+    def block(sl):  # rows are independent: blocks of rows on several threads
+        out[sl] = _stetson_j_rows(t, y[sl], s[sl], good[sl], max_gap)
+
+    for_row_blocks(block, n, t_len)
+    return out
+
+
+def _stetson_j_rows(
+    t: np.ndarray, y: np.ndarray, s: np.ndarray, good: np.ndarray, max_gap: float
+) -> np.ndarray:
+    """:func:`stetson_j` of a block of rows (``max_gap`` [d] given)."""
+    n, _ = y.shape
+    usable = good & np.isfinite(y) & np.isfinite(s) & (s > 0)
     counts = usable.sum(axis=1)
     mean = weighted_mean(y, s, usable)
     ii, jj = np.nonzero(usable)

@@ -14,6 +14,8 @@ number of trials (:func:`bonferroni_k`): with ``alpha = 0.01`` and 1000 cadences
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,31 +110,52 @@ def pivot_photometry(
     cadence = np.sort(cads.to_numpy()).astype(np.int32)
     n, t = len(star_id), len(cadence)
 
-    i = np.searchsorted(star_id, ph.get_column("star_id").to_numpy())
-    j = np.searchsorted(cadence, ph.get_column("cadence").to_numpy())
+    # rows that already fill the matrix in star-major or cadence-major order (the usual
+    # layouts) are reshaped; anything else is scattered through one flat index
+    sid = ph.get_column("star_id").to_numpy()
+    cad = ph.get_column("cadence").to_numpy()
+    layout, flat = "scatter", None
+    if sid.size == n * t and _in_layout(sid, cad, star_id, cadence, star_major=True):
+        layout = "stars"
+    elif sid.size == n * t and _in_layout(sid, cad, star_id, cadence, star_major=False):
+        layout = "cadences"
+    else:
+        flat = np.searchsorted(star_id, sid).astype(np.int64) * t + np.searchsorted(cadence, cad)
+
+    def place(values: np.ndarray, fill, dtype) -> np.ndarray:
+        if layout == "stars":
+            return values.astype(dtype).reshape(n, t)
+        if layout == "cadences":
+            out = np.empty((n, t), dtype=dtype)
+            out[...] = values.reshape(t, n).T
+            return out
+        out = np.full((n, t), fill, dtype=dtype)
+        out.reshape(-1)[flat] = values
+        return out
 
     def dense(col: str, fill: float = np.nan, dtype=np.float64) -> np.ndarray:
-        out = np.full((n, t), fill, dtype=dtype)
-        if col in ph.columns:
-            out[i, j] = ph.get_column(col).fill_null(fill).to_numpy().astype(dtype)
-        return out
+        if col not in ph.columns:
+            return np.full((n, t), fill, dtype=dtype)
+        return place(ph.get_column(col).fill_null(fill).to_numpy(), fill, dtype)
 
     flux = dense("flux")
     flux_err = dense("flux_err")
-    quality = np.zeros((n, t), dtype=np.int64)
-    quality[i, j] = ph.get_column("quality").fill_null(0).to_numpy()
-    present = np.zeros((n, t), dtype=bool)
-    present[i, j] = True
+    quality = place(ph.get_column("quality").fill_null(0).to_numpy(), 0, np.int64)
+    present = place(np.ones(sid.size, bool), False, bool)
 
     btjd = np.full(t, np.nan)
-    ph_t = ph.group_by("cadence").agg(pl.col("btjd").median()).sort("cadence")
-    btjd[np.searchsorted(cadence, ph_t.get_column("cadence").to_numpy())] = ph_t.get_column(
-        "btjd"
-    ).to_numpy()
+    known = np.zeros(t, bool)
     if fr is not None and fr.height and "btjd" in fr.columns:
         fj = np.searchsorted(cadence, fr.get_column("cadence").to_numpy())
         fb = fr.get_column("btjd").to_numpy().astype(float)
         ok = np.isfinite(fb)
+        known[fj[ok]] = True
+    if not known.all():  # cadences without a frame time: median photometry time
+        ph_t = ph.group_by("cadence").agg(pl.col("btjd").median()).sort("cadence")
+        btjd[np.searchsorted(cadence, ph_t.get_column("cadence").to_numpy())] = ph_t.get_column(
+            "btjd"
+        ).to_numpy()
+    if known.any():
         btjd[fj[ok]] = fb[ok]
 
     x = y = ref_flux = radius = None
@@ -158,6 +181,74 @@ def pivot_photometry(
         ref_flux=ref_flux,
         aperture_radius=radius,
     )
+
+
+#: threads for the row-block passes over the (stars x cadences) matrix
+N_JOBS = max(1, min(4, os.cpu_count() or 1))
+#: elements per row block (~8 MB of float64): temporaries stay small and are reused
+BLOCK_ELEMENTS = 1 << 20
+
+
+def for_row_blocks(fn, n_rows: int, row_len: int, n_jobs: int | None = None) -> None:
+    """Call ``fn(slice)`` on consecutive blocks of rows, on ``n_jobs`` threads.
+
+    ``fn`` must only write its own rows of its outputs (row-wise computations give the same
+    result whatever the blocks). Numpy releases the GIL in its loops, so blocks of a few MB
+    use several cores and keep temporaries small. RuntimeWarnings (all-NaN rows) are off.
+    """
+    n_jobs = N_JOBS if n_jobs is None else max(1, int(n_jobs))
+    step = max(1, BLOCK_ELEMENTS // max(int(row_len), 1))
+    blocks = [slice(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if n_jobs == 1 or len(blocks) < 2:
+            for b in blocks:
+                fn(b)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(n_jobs, len(blocks))) as pool:
+            for _ in pool.map(fn, blocks):
+                pass
+
+
+def thread_map(fn, items, n_jobs: int | None = None) -> list:
+    """``[fn(x) for x in items]`` on ``n_jobs`` threads (default :data:`N_JOBS`), in order.
+
+    For independent pieces of work whose heavy parts release the GIL (numpy loops, BLAS,
+    compiled extensions); the results do not depend on the number of threads.
+    """
+    items = list(items)
+    n_jobs = N_JOBS if n_jobs is None else max(1, int(n_jobs))
+    if n_jobs == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with warnings.catch_warnings(), ThreadPoolExecutor(min(n_jobs, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _in_layout(
+    sid: np.ndarray,
+    cad: np.ndarray,
+    star_id: np.ndarray,
+    cadence: np.ndarray,
+    star_major: bool,
+    block: int = 1 << 20,
+) -> bool:
+    """True when rows (``sid``, ``cad``) are every (star, cadence) pair exactly once, in
+    star-major (all cadences of the first star, ...) or cadence-major order (checked block
+    by block: no full-size temporaries)."""
+    n, t = len(star_id), len(cadence)
+    for a in range(0, sid.size, block):
+        k = np.arange(a, min(a + block, sid.size))
+        i, j = (k // t, k % t) if star_major else (k % n, k // n)
+        if not (
+            np.array_equal(sid[a : a + block], star_id[i])
+            and np.array_equal(cad[a : a + block], cadence[j])
+        ):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------ robust stats
@@ -295,12 +386,14 @@ def epoch_flags_pre(
         )
     flags[(dq & SCATTERED_LIGHT_DQUALITY) != 0] |= EpochFlag.SCATTERED_LIGHT
 
-    med = nanmedian(np.where(good, m.flux, np.nan), axis=1)
+    med = masked_row_median(m.flux, good)
+    bright = np.flatnonzero(_bright_half(med))
     with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.where(good & (med[:, None] > 0), m.flux / med[:, None] - 1.0, np.nan)
-    bright = _bright_half(med)
-    ens_med = _nanmedian_cols(rel[bright])
-    ens_scatter = _nan_robust_std_cols(rel[bright])
+        rel = np.where(
+            good[bright] & (med[bright, None] > 0), m.flux[bright] / med[bright, None] - 1.0, np.nan
+        )
+    ens_med = _nanmedian_cols(rel)
+    ens_scatter = _nan_robust_std_cols(rel)
     return {
         "n_stars": n_stars,
         "frac_good": frac_good,
@@ -322,25 +415,47 @@ def _bright_half(median_flux: np.ndarray) -> np.ndarray:
     return ok & (median_flux >= np.median(median_flux[ok]))
 
 
-def _nanmedian_cols(a: np.ndarray) -> np.ndarray:
-    if a.shape[0] == 0:
-        return np.full(a.shape[1], np.nan)
+def _column_blocks(fn, a: np.ndarray, rows=None, mask: np.ndarray | None = None) -> np.ndarray:
+    """``fn`` (a per-column statistic along axis 0) of ``a[rows]`` (NaN where ``mask`` is
+    False), evaluated on blocks of columns (small temporaries; several threads)."""
+    if rows is not None:
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows
+    n_rows = a.shape[0] if rows is None else len(rows)
+    t = a.shape[1]
+    out = np.full(t, np.nan)
+    if n_rows == 0:
+        return out
+
+    def block(cb):
+        x = a[:, cb] if rows is None else a[rows, cb]
+        if mask is not None:
+            x = np.where(mask[:, cb] if rows is None else mask[rows, cb], x, np.nan)
+        out[cb] = fn(x)
+
     with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return nanmedian(a, axis=0)
+        for_row_blocks(block, t, n_rows)
+    return out
 
 
-def _nan_robust_std_cols(a: np.ndarray) -> np.ndarray:
-    if a.shape[0] == 0:
-        return np.full(a.shape[1], np.nan)
-    import warnings
+def _nanmedian_cols(a: np.ndarray, rows=None, mask: np.ndarray | None = None) -> np.ndarray:
+    return _column_blocks(lambda x: nanmedian(x, axis=0), a, rows, mask)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return nan_robust_std(a, axis=0)
+
+def _nan_robust_std_cols(a: np.ndarray, rows=None, mask: np.ndarray | None = None) -> np.ndarray:
+    return _column_blocks(lambda x: nan_robust_std(x, axis=0), a, rows, mask)
+
+
+def masked_row_median(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Median of each row of ``a`` (n, T) over the points where ``mask`` is True (NaN for
+    rows without any; same units as ``a``), computed on blocks of rows."""
+    out = np.empty(a.shape[0])
+
+    def block(sl):
+        out[sl] = nanmedian(np.where(mask[sl], a[sl], np.nan), axis=1)
+
+    for_row_blocks(block, a.shape[0], a.shape[1])
+    return out
 
 
 def epoch_flags_post(
@@ -359,7 +474,7 @@ def epoch_flags_post(
     updated ``flags``.
     """
     chi = _nan_robust_std_cols(resid_norm)
-    scatter = _nan_robust_std_cols(rel_corr[_bright_half(median_flux)])
+    scatter = _nan_robust_std_cols(rel_corr, rows=_bright_half(median_flux))
     flags = flags.copy()
     usable = (flags & (EpochFlag.DQUALITY | EpochFlag.NO_DATA)) == 0
     n_stars = np.isfinite(resid_norm).sum(axis=0)
@@ -461,21 +576,28 @@ def star_statistics(
     Returns ``n_good``, ``median_flux`` [e-/s], ``robust_scatter_raw``, ``robust_scatter``,
     ``p2p_scatter``, ``expected_noise``, ``precision_ratio``, ``median_snr``.
     """
-    import warnings
+    n = raw.shape[0]
+    med, rs_raw, rs, p2p, expected, snr = (np.empty(n) for _ in range(6))
 
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = nanmedian(np.where(good, raw, np.nan), axis=1)
-        medc = nanmedian(np.where(good, corrected, np.nan), axis=1)
-        pos = np.where(med > 0, med, np.nan)
-        posc = np.where(medc > 0, medc, np.nan)
-        rel_raw = np.where(good, raw / pos[:, None] - 1, np.nan)
-        rel = np.where(good, corrected / posc[:, None] - 1, np.nan)
-        rs_raw = nan_robust_std(rel_raw, axis=1)
-        rs = nan_robust_std(rel, axis=1)
-        p2p = _p2p_scatter(rel, good)
-        expected = nanmedian(np.where(good, flux_err, np.nan), axis=1) / posc
-        snr = nanmedian(np.where(good, corrected / flux_err, np.nan), axis=1)
+    def block(sl):  # per-star statistics: blocks of rows on several threads
+        g, r, c, e = good[sl], raw[sl], corrected[sl], flux_err[sl]
+        with np.errstate(all="ignore"):
+            md = nanmedian(np.where(g, r, np.nan), axis=1)
+            mdc = nanmedian(np.where(g, c, np.nan), axis=1)
+            pos = np.where(md > 0, md, np.nan)
+            posc = np.where(mdc > 0, mdc, np.nan)
+            rel_raw = np.where(g, r / pos[:, None] - 1, np.nan)
+            rel = np.where(g, c / posc[:, None] - 1, np.nan)
+            med[sl] = md
+            rs_raw[sl] = nan_robust_std(rel_raw, axis=1)
+            rs[sl] = nan_robust_std(rel, axis=1)
+            p2p[sl] = _p2p_scatter(rel, g)
+            expected[sl] = nanmedian(np.where(g, e, np.nan), axis=1) / posc
+            snr[sl] = nanmedian(np.where(g, c / e, np.nan), axis=1)
+
+    for_row_blocks(block, n, raw.shape[1])
+    with np.errstate(all="ignore"):
+        ratio = rs / expected
     return {
         "n_good": good.sum(axis=1).astype(np.int32),
         "median_flux": med,
@@ -483,7 +605,7 @@ def star_statistics(
         "robust_scatter": rs,
         "p2p_scatter": p2p,
         "expected_noise": expected,
-        "precision_ratio": rs / expected,
+        "precision_ratio": ratio,
         "median_snr": snr,
     }
 
