@@ -192,10 +192,12 @@ def analyze(
     cols["ls_period_2"] = 1.0 / ls["freq2"]
     cols["ls_power_2"] = ls["power2"]
     amp = np.full(n, np.nan)
-    for start in range(0, n, 1000):
+
+    def amplitude_block(start):
         sl = slice(start, start + 1000)
-        a, _, _ = per.harmonic_fit(t, y[sl], s[sl], good[sl], ls["freq"][sl], 1)
-        amp[sl] = a[:, 0]
+        amp[sl] = per.harmonic_fit(t, y[sl], s[sl], good[sl], ls["freq"][sl], 1)[0][:, 0]
+
+    _thread_map(amplitude_block, range(0, n, 1000), n_jobs)
     cols["ls_amplitude"] = amp
 
     # ---------------------------------------------------------------- events
@@ -252,7 +254,13 @@ def analyze(
         | (np.nan_to_num(sig_bump) > k_thr)
     )
     if sub.size:
-        base[sub] = _running_median(y[sub], good_flare[sub], window)
+        # periodic stars: their harmonic model first, so that the crests of a wave shorter
+        # than ~2 windows do not pose as flares (flares are short: the fit hardly sees them)
+        periodic = sub[np.nan_to_num(sig_ls[sub]) > k_thr]
+        for start in range(0, periodic.size, 1000):
+            rows = periodic[start : start + 1000]
+            base[rows] = per.harmonic_fit(t, y[rows], s[rows], good[rows], ls["freq"][rows], 3)[2]
+        base[sub] += _running_median(y[sub] - base[sub], good_flare[sub], window)
     zz = np.where(good_flare, (y - base) / s_eff, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -297,7 +305,7 @@ def analyze(
     bls_rows = np.flatnonzero(eclipse_like)
     if bls_rows.size > max_bls:
         bls_rows = bls_rows[np.argsort(-box["dip"][bls_rows])[:max_bls]]
-    bls_results = _run_bls(t, y_box, s_eff, good, bls_rows, baseline, dt)
+    bls_results = _run_bls(t, y_box, s_eff, good, bls_rows, baseline, dt, n_jobs)
     for i, r in bls_results.items():
         if r is None:
             continue
@@ -355,8 +363,9 @@ def analyze(
     source = np.full(n, "none", dtype=object)
     amplitude = np.full(n, np.nan)
     events: list[np.ndarray] = [np.array([]) for _ in range(n)]
-    for i in np.flatnonzero(is_var):  # candidates only: a few per cent of the stars
-        vt, p, src, a, ev = _classify_one(
+
+    def classify(i):
+        return _classify_one(
             i,
             t,
             y[i],
@@ -375,6 +384,9 @@ def analyze(
             tau,
             length,
         )
+
+    cand = np.flatnonzero(is_var)  # candidates only: a few per cent of the stars
+    for i, (vt, p, src, a, ev) in zip(cand, _thread_map(classify, cand, n_jobs), strict=True):
         var_type[i], period[i], source[i], amplitude[i], events[i] = vt, p, src, a, ev
         if vt == "FLARE":
             cols["n_flares"][i] = len(ev)
@@ -400,16 +412,34 @@ def _bonferroni_sigma(stat: np.ndarray, n_trials: float) -> np.ndarray:
     return out
 
 
-def _run_bls(t, y, s, good, rows, baseline, dt) -> dict[int, per.BoxResult | None]:
-    out: dict[int, per.BoxResult | None] = {}
+def _thread_map(fn, items, n_jobs: int) -> list:
+    """``[fn(x) for x in items]`` on ``n_jobs`` threads (order kept).
+
+    For per-star work whose heavy parts release the GIL (astropy's BLS kernel, numpy);
+    the results do not depend on the number of threads. Warning filters changed by the
+    workers' own ``catch_warnings`` blocks are restored afterwards.
+    """
+    items = list(items)
+    if n_jobs <= 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with warnings.catch_warnings(), ThreadPoolExecutor(min(n_jobs, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _run_bls(t, y, s, good, rows, baseline, dt, n_jobs: int = 1) -> dict[int, per.BoxResult | None]:
     bin_n = max(1, round((10.0 / 1440.0) / dt))  # BLS on <= 10-min bins
-    for i in rows:  # per-star BLS (astropy), only on eclipse-like stars
+
+    def one(i):  # per-star BLS (astropy), only on eclipse-like stars
         m = good[i]
         tt, yy, ss = t[m], y[i][m], s[i][m]
         if bin_n > 1:
             tt, yy, ss = bin_light_curve(tt, yy, ss, bin_n * dt)
-        out[int(i)] = per.bls_search(tt, yy, ss, max_period=0.7 * baseline)
-    return out
+        return per.bls_search(tt, yy, ss, max_period=0.7 * baseline)
+
+    rows = [int(i) for i in rows]
+    return dict(zip(rows, _thread_map(one, rows, n_jobs), strict=True))
 
 
 def bin_light_curve(
@@ -449,8 +479,10 @@ def _classify_one(
     """Type, period [d], period source, amplitude (fraction) and event times of one star."""
     if eclipse_like and bls is not None and bls.snr >= MIN_EVENT_SNR and bls.n_events >= 2:
         m = good
-        bottom = per.central_depth(t[m], y[m], s[m], bls.period, bls.t0, bls.duration)
-        return _classify_eclipse(bls, cols, i, bottom)
+        args = (t[m], y[m], s[m], bls.period, bls.t0, bls.duration)
+        bottom = per.central_depth(*args)
+        odd_even = (per.central_depth(*args, parity=1), per.central_depth(*args, parity=0))
+        return _classify_eclipse(bls, cols, i, bottom, odd_even)
     if eclipse_like and bls is not None and bls.n_events >= 1 and not ls_ok:
         ok = good
         ses = per.box_filter_row(y, s, ok, max(1, round(bls.duration / dt)))
@@ -472,16 +504,22 @@ def _classify_one(
     return "OTHER", np.nan, "none", amp, np.array([])
 
 
-def _classify_eclipse(bls: per.BoxResult, cols, i, bottom=(np.nan, np.nan)):
+def _classify_eclipse(bls: per.BoxResult, cols, i, bottom=(np.nan, np.nan), odd_even=None):
     """EA or TRANSIT and the orbital period of a BLS detection.
 
     ``bottom`` (depth, error) at mid-eclipse (`tasks.periods.central_depth`): V-shaped
     eclipses of a binary have a box depth below their true depth, so the EB-or-planet
     depth test uses the bottom when it is significantly deeper than MAX_TRANSIT_DEPTH.
+    ``odd_even`` the bottoms of the odd and of the even events: the odd/even test compares
+    them when both are measured (box depths of few events also differ by how the cadences
+    happen to sample each ingress and egress), with errors times the red-noise ``beta``.
     """
     sec_sig = bls.secondary_depth / bls.secondary_err if bls.secondary_err > 0 else 0.0
     oe_err = np.hypot(bls.depth_odd_err, bls.depth_even_err)
     oe_sig = abs(bls.depth_odd - bls.depth_even) / oe_err if oe_err > 0 else 0.0
+    if odd_even is not None and np.all(np.isfinite(odd_even)):
+        (d_odd, e_odd), (d_even, e_even) = odd_even
+        oe_sig = abs(d_odd - d_even) / (bls.beta * np.hypot(e_odd, e_even))
     # trials: ~1/q phases for the secondary, 2 for odd/even
     q = bls.duration / bls.period
     sec_thr = float(stats.norm.isf(1e-3 / max(1.0 / q, 1.0)))

@@ -99,12 +99,15 @@ def lombscargle_batch(
     """
     import nifty_ls
 
+    from tasks.qc import for_row_blocks
+
     n, _ = y.shape
     usable = good & np.isfinite(y) & np.isfinite(s) & (s > 0)
     n_pts = usable.sum(axis=1)
     out = {k: np.full(n, np.nan) for k in ("freq", "power", "power_w", "freq2", "power2")}
     out["n_points"] = n_pts
     order = np.argsort(t)
+    ordered = bool(np.array_equal(order, np.arange(t.size)))  # the usual case: no reordering
     ts = np.ascontiguousarray(t[order], dtype=np.float64)
     baseline = float(ts[-1] - ts[0])
     lobe = 1.5 / baseline
@@ -113,31 +116,44 @@ def lombscargle_batch(
     spec = np.zeros((rows_ok.size, grid.nf), np.float32)
     for start in range(0, rows_ok.size, chunk):
         rows = rows_ok[start : start + chunk]
-        m = usable[rows][:, order]
-        yy = np.ascontiguousarray(np.where(m, y[rows][:, order], 0.0))
-        dy = np.ascontiguousarray(np.where(m, s[rows][:, order], np.inf))
+        m, yr, sr = usable[rows], y[rows], s[rows]
+        if not ordered:
+            m, yr, sr = m[:, order], yr[:, order], sr[:, order]
+        yy = np.ascontiguousarray(np.where(m, yr, 0.0))
+        dy = np.ascontiguousarray(np.where(m, sr, np.inf))
         res = nifty_ls.lombscargle(
             ts, yy, dy, fmin=grid.fmin, fmax=grid.fmax, Nf=grid.nf, assume_sorted_t=True
         )
         p = np.asarray(res.power, dtype=float).reshape(len(rows), grid.nf)
         spec[start : start + len(rows)] = np.where(np.isfinite(p), p, 0.0)
-    white = np.ones_like(spec)
+        del res, p, yy, dy
+    # whitening: one spectrum per group (row 0: none) and each row's group
+    white = np.ones((1, grid.nf), np.float32)
+    white_of = np.zeros(rows_ok.size, np.intp)
     if groups is not None and rows_ok.size >= 20:
         g_ok = np.asarray(groups)[rows_ok]
-        level = np.median(spec, axis=1, keepdims=True)
-        level = np.where(level > 0, level, 1.0)
+        level = np.ones((rows_ok.size, 1), np.float32)
+
+        def level_block(sl):
+            lv = np.median(spec[sl], axis=1, keepdims=True)
+            level[sl] = np.where(lv > 0, lv, 1.0)
+
+        for_row_blocks(level_block, rows_ok.size, grid.nf)
+        shapes = [white[0]]
         for g in np.unique(g_ok):
             sel = g_ok == g
             if sel.sum() < 20:
                 continue
             shape = np.median(spec[sel] / level[sel], axis=0)
             shape = shape / np.median(shape)
-            white[sel] = 1.0 / np.maximum(shape, 1.0)[None, :]
-    for start in range(0, rows_ok.size, chunk):
-        sl = slice(start, start + chunk)
+            white_of[sel] = len(shapes)
+            shapes.append((1.0 / np.maximum(shape, 1.0)).astype(np.float32))
+        white = np.stack(shapes)
+
+    def peaks(sl):
         rows = rows_ok[sl]
         p = spec[sl].astype(float)
-        pw = p * white[sl]
+        pw = p * white[white_of[sl]]
         k1 = np.argmax(pw, axis=1)
         r = np.arange(len(rows))
         f1 = _parabolic(freq, pw, k1)
@@ -148,6 +164,8 @@ def lombscargle_batch(
         k2 = np.argmax(p2, axis=1)
         out["freq2"][rows] = freq[k2]
         out["power2"][rows] = p[r, k2]
+
+    for_row_blocks(peaks, rows_ok.size, grid.nf)
     return out
 
 
@@ -271,14 +289,19 @@ def _sigma_from_lnp(lnp: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ box-filter statistics
 def noise_scale(y: np.ndarray, s: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Per-row factor >= 1 by which the errors understate the point-to-point scatter."""
-    from tasks.qc import _p2p_scatter
+    from tasks.qc import _p2p_scatter, for_row_blocks
 
-    p2p = _p2p_scatter(y, good)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        expected = nanmedian(np.where(good, s, np.nan), axis=1)
-    c = p2p / expected
-    return np.where(np.isfinite(c), np.maximum(c, 1.0), 1.0)
+    out = np.empty(y.shape[0])
+
+    def block(sl):  # rows are independent: blocks of rows on several threads
+        p2p = _p2p_scatter(y[sl], good[sl])
+        expected = nanmedian(np.where(good[sl], s[sl], np.nan), axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = p2p / expected
+        out[sl] = np.where(np.isfinite(c), np.maximum(c, 1.0), 1.0)
+
+    for_row_blocks(block, y.shape[0], y.shape[1])
+    return out
 
 
 def box_statistics(
@@ -298,41 +321,51 @@ def box_statistics(
     ``dip`` (max of -SES), ``dip_index`` (centre cadence index), ``dip_width``
     [cadences] and ``bump`` (max of +SES over the same widths).
     """
+    from tasks.qc import for_row_blocks
+
     n, t = y.shape
-    ok = good & np.isfinite(y) & np.isfinite(s) & (s > 0)
-    w = np.where(ok, 1.0 / np.where(ok, s, 1.0) ** 2, 0.0)
-    cy = np.concatenate([np.zeros((n, 1)), np.cumsum(w * np.where(ok, y, 0.0), axis=1)], axis=1)
-    cw = np.concatenate([np.zeros((n, 1)), np.cumsum(w, axis=1)], axis=1)
-    cn = np.concatenate([np.zeros((n, 1), int), np.cumsum(ok, axis=1)], axis=1)
     dip = np.full(n, -np.inf)
     bump = np.full(n, -np.inf)
     dip_idx = np.zeros(n, int)
     dip_w = np.zeros(n, int)
-    rows = np.arange(n)
-    for width in widths:
-        if width > t:
-            continue
-        sy = cy[:, width:] - cy[:, :-width]
-        sw = cw[:, width:] - cw[:, :-width]
-        cnt = cn[:, width:] - cn[:, :-width]
-        valid = (cnt >= max(1, (width + 1) // 2)) & (sw > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ses = np.where(valid, sy / np.sqrt(sw), np.nan)
-        if normalize:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
+
+    def block(sl):  # rows are independent: blocks of rows on several threads
+        m = sl.stop - sl.start
+        ss = s[sl]
+        ok = good[sl] & np.isfinite(y[sl]) & np.isfinite(ss) & (ss > 0)
+        w = np.where(ok, 1.0 / np.where(ok, ss, 1.0) ** 2, 0.0)
+        cy = np.concatenate(
+            [np.zeros((m, 1)), np.cumsum(w * np.where(ok, y[sl], 0.0), axis=1)], axis=1
+        )
+        cw = np.concatenate([np.zeros((m, 1)), np.cumsum(w, axis=1)], axis=1)
+        cn = np.concatenate([np.zeros((m, 1), int), np.cumsum(ok, axis=1)], axis=1)
+        rows = np.arange(m)
+        b_dip, b_bump = dip[sl], bump[sl]
+        b_idx, b_w = dip_idx[sl], dip_w[sl]
+        for width in widths:
+            if width > t:
+                continue
+            sy = cy[:, width:] - cy[:, :-width]
+            sw = cw[:, width:] - cw[:, :-width]
+            cnt = cn[:, width:] - cn[:, :-width]
+            valid = (cnt >= max(1, (width + 1) // 2)) & (sw > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ses = np.where(valid, sy / np.sqrt(sw), np.nan)
+            if normalize:
                 beta = 1.482602218505602 * nanmedian(np.abs(ses), axis=1)
-            beta = np.where(np.isfinite(beta), np.maximum(beta, 1.0), 1.0)
-            ses = ses / beta[:, None]
-        ses_f = np.nan_to_num(ses, nan=0.0)
-        k_min = np.argmin(ses_f, axis=1)
-        k_max = np.argmax(ses_f, axis=1)
-        d = -ses_f[rows, k_min]
-        better = d > dip
-        dip = np.where(better, d, dip)
-        dip_idx = np.where(better, k_min + width // 2, dip_idx)
-        dip_w = np.where(better, width, dip_w)
-        bump = np.maximum(bump, ses_f[rows, k_max])
+                beta = np.where(np.isfinite(beta), np.maximum(beta, 1.0), 1.0)
+                ses = ses / beta[:, None]
+            ses_f = np.nan_to_num(ses, nan=0.0)
+            k_min = np.argmin(ses_f, axis=1)
+            k_max = np.argmax(ses_f, axis=1)
+            d = -ses_f[rows, k_min]
+            better = d > b_dip
+            b_dip[:] = np.where(better, d, b_dip)
+            b_idx[:] = np.where(better, k_min + width // 2, b_idx)
+            b_w[:] = np.where(better, width, b_w)
+            b_bump[:] = np.maximum(b_bump, ses_f[rows, k_max])
+
+    for_row_blocks(block, n, t)
     return {"dip": dip, "dip_index": dip_idx, "dip_width": dip_w, "bump": bump}
 
 
@@ -342,16 +375,24 @@ def flare_filter(z: np.ndarray, ok: np.ndarray, tau: float = 1.5, length: int = 
     ``z`` (n, T) normalised residuals (N(0,1) for noise); returns the filter output
     (n, T), N(0,1) for noise, large at the first cadence of a flare.
     """
+    from tasks.qc import for_row_blocks
+
     n, t = z.shape
     kern = np.exp(-np.arange(length) / tau)
-    zz = np.where(ok, z, 0.0)
-    num = np.zeros((n, t))
-    den = np.zeros((n, t))
-    for k, wk in enumerate(kern):
-        num[:, : t - k] += wk * zz[:, k:]
-        den[:, : t - k] += wk**2 * ok[:, k:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(ok & (den > 0), num / np.sqrt(den), np.nan)
+    out = np.empty((n, t))
+
+    def block(sl):  # rows are independent: blocks of rows on several threads
+        okb = ok[sl]
+        zz = np.where(okb, z[sl], 0.0)
+        num = np.zeros(zz.shape)
+        den = np.zeros(zz.shape)
+        for k, wk in enumerate(kern):
+            num[:, : t - k] += wk * zz[:, k:]
+            den[:, : t - k] += wk**2 * okb[:, k:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sl] = np.where(okb & (den > 0), num / np.sqrt(den), np.nan)
+
+    for_row_blocks(block, n, t)
     return out
 
 
@@ -469,6 +510,18 @@ def bls_search(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         st = bls.compute_stats(period, duration, t0)
+        # the events' own mid-times fix the ephemeris better than the BLS grid: a period
+        # 0.3 % off slides the boxes of later events off their eclipses, which then look
+        # shallower (a false odd/even difference). Refit and recompute when it moves.
+        has = np.asarray(st["per_transit_count"], int) > 0
+        ev_t = refine_event_times(t, y, s, np.asarray(st["transit_times"], float)[has], duration)[0]
+        p_fit, t_fit = linear_ephemeris(ev_t, period)
+        if np.isfinite(p_fit) and 0 < abs(p_fit / period - 1.0) < 0.01 and np.isfinite(t_fit):
+            # the reference epoch: the first one inside the data (t_fit may sit just before)
+            t_ref = t_fit + np.ceil((t.min() - t_fit) / p_fit) * p_fit
+            st_fit = bls.compute_stats(p_fit, duration, t_ref)
+            if _depth_snr(st_fit) > _depth_snr(st):  # keep the ephemeris that fits better
+                period, t0, st = p_fit, float(t_ref), st_fit
     depth, depth_err = (float(v) for v in st["depth"])
     odd, odd_err = (float(v) for v in st["depth_odd"])
     even, even_err = (float(v) for v in st["depth_even"])
@@ -512,6 +565,12 @@ def bls_search(
         beta=beta,
         n_trials=len(periods),
     )
+
+
+def _depth_snr(stats: dict) -> float:
+    """Depth / error of an astropy BLS ``compute_stats`` result (-inf when undefined)."""
+    depth, err = (float(v) for v in stats["depth"])
+    return depth / err if err > 0 and np.isfinite(depth / err) else -np.inf
 
 
 def secondary_eclipse(
@@ -635,15 +694,20 @@ def central_depth(
     t0: float,
     duration: float,
     fraction: float = 1.0 / 3.0,
+    parity: int | None = None,
 ) -> tuple[float, float]:
     """Depth (fraction) and its 1-sigma error at the bottom of a folded eclipse.
 
     The weighted mean of the points within ``fraction`` x ``duration`` [d] of mid-eclipse,
     below the weighted mean of the points more than one duration away. A box average
-    (BLS ``depth``) underestimates a V-shaped eclipse; this is its minimum.
+    (BLS ``depth``) underestimates a V-shaped eclipse; this is its minimum, and it does not
+    depend on how the cadences sample ingress and egress. ``parity`` 1 or 0 uses only the
+    odd or even events (epochs counted from ``t0``) for the bottom.
     """
     dphase = np.abs((t - t0 + 0.5 * period) % period - 0.5 * period)
     inner = dphase < 0.5 * fraction * duration
+    if parity is not None:
+        inner &= np.round((t - t0) / period).astype(np.int64) % 2 == parity
     outer = dphase > duration
     if inner.sum() < 2 or outer.sum() < 2:
         return np.nan, np.nan

@@ -546,14 +546,18 @@ def _draw_params(
     t_lo, t_hi = float(t.min()), float(t.max())
     span = max(t_hi - t_lo, timedel)
     if var_type == "EA":
-        period = _loguniform(rng, 0.5, 10.0)
+        # two primary eclipses inside the run, so that the period is fixed by the data
+        # (as TRANSIT); on a full sector this keeps the whole 0.5-10 d range
+        p_max = min(10.0, 0.45 * span)
+        period = _loguniform(rng, min(0.5, 0.8 * p_max), p_max)
         depth1 = _loguniform(rng, 0.03, 0.5)
         depth2 = depth1 if rng.random() < 0.25 else depth1 * rng.uniform(0.05, 1.0)
         duration = float(np.clip(period * rng.uniform(0.03, 0.08), 0.06, 0.6))
         ingress = duration * rng.uniform(0.3, 0.5)
-        for _ in range(200):  # a sampled primary eclipse inside the run
+        for _ in range(200):  # at least two sampled primary eclipses inside the run
             t0 = t_lo + rng.uniform(0.0, min(period, span))
-            if _n_covered(_epochs(t0, period, t_lo, t_hi), t, 0.5 * duration - 0.3 * ingress):
+            eclipses = _epochs(t0, period, t_lo, t_hi)
+            if _n_covered(eclipses, t, 0.5 * duration - 0.3 * ingress) >= 2:
                 break
         params = dict(
             period=period, t0=t0, depth1=depth1, depth2=depth2, duration=duration, ingress=ingress

@@ -543,5 +543,10 @@ def test_find_variables_makes_plots_of_the_top_candidates(demo, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     names = {p.name for p in (tmp_path / "fv").iterdir()}
-    for sid in top_ids(demo, 2):
-        assert f"star-{sid}-vsx.png" in names and f"star-{sid}-phase.png" in names
+    cand = demo["lk"].read("candidates").sort_by("rank").to_pylist()[:2]
+    for row in cand:
+        sid, periodic = row["star_id"], row["period_days"] is not None
+        assert f"star-{sid}-vsx.png" in names and f"star-{sid}-lightcurve.png" in names
+        # a phase plot exactly when there is a period to fold at (flares have none)
+        assert (f"star-{sid}-phase.png" in names) == periodic, (row, sorted(names))
+    assert len(names) == 2 * 3 + sum(r["period_days"] is not None for r in cand)
