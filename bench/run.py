@@ -4,14 +4,17 @@ Writes ``bench/results.json`` and prints a table. Sections:
 
 1. **stages**: per-frame time of each stage of ``photometer_frame`` and its neighbours on
    simulated full-size 2136x2078 frames with 2k, 5k and 10k stars (the simulator's truth
-   positions are the catalog): read FITS (`read_frame`), background, pointing offset,
+   positions are the catalog): verify (`verify_frame`, what every source's ``fetch`` does
+   before a frame is used), read FITS (`read_frame`), background, pointing offset,
    photometry (apertures at the offset + sums), write (staged Parquet chunk of a batch of
    ``batch_size`` frames, per frame). The **read floor** is only reading the image and
    uncertainty HDUs into native float32 numpy arrays (``np.fromfile`` at known offsets plus
    the byte swap; the raw big-endian read is reported too), measured before every frame;
    being independent of the stars, one floor (the median over all frames) divides every
-   frame cost.
-2. **photutils**: the same frame and the same apertures (centres, radii, 5x5 subpixels)
+   frame cost. ``floor_inplace`` reads both HDUs the way `read_frame` does (one read, the
+   byte swap in place), which is faster than that floor: ``frame_cost_over_inplace_floor``
+   is the stricter ratio.
+2. **photutils**: the same frame and the same apertures (centres, radii, exact overlap)
    through ``photutils.aperture.aperture_photometry`` (one call per radius, with the
    uncertainty image), timed against our photometry stage, and the sums compared.
 3. **flow**: ``ingest_ccd`` end to end from a local folder (Prefect, 2 worker threads) on
@@ -25,7 +28,9 @@ Writes ``bench/results.json`` and prints a table. Sections:
 4. **find-variables**: ``flows.find_variables.find_variables`` on a synthetic lakehouse of
    10k stars x 1,000 cadences (tables per ``lakehouse/schemas.py``).
 
-``--quick`` runs every section on tiny inputs (what the tests use). Timings are medians.
+``--quick`` runs every section on tiny inputs (what the tests use); ``--only stages`` (or
+``flow``, ``find-variables``; comma-separated) runs some sections, and then writes JSON only
+with ``--out``. Timings are medians.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ QUICK = {
 TARGETS = {
     "photometry_speedup_vs_photutils": (">=", 50.0),
     "photometry_speedup_vs_photutils_vectorized": (">=", 50.0),
-    "photometry_max_rel_diff_vs_photutils": ("<=", 1e-9),
+    "photometry_max_rel_diff_vs_photutils": ("<=", 1e-4),  # tabulated exact overlaps
     "frame_cost_over_read_floor": ("<=", 3.0),
     "flow_overhead_fraction": ("<=", 0.20),
     "frames_marginal_cost_ratio": ("<=", 1.25),  # linear in frames: 200->400 vs 100->200
@@ -90,7 +95,8 @@ TARGETS = {
     "photometry_peak_rss_growth": ("<=", 1.20),
     "find_variables_s_10k_x_1k": ("<=", 60.0),
 }
-STAGES = ("read", "background", "pointing", "photometry", "write")
+STAGES = ("verify", "read", "background", "pointing", "photometry", "write")
+SECTIONS = ("stages", "flow", "find-variables")
 SECTOR, CAMERA, CCD = 1, 1, 1
 
 
@@ -139,6 +145,18 @@ def _hdu_offsets(path: Path) -> tuple[int, int, int]:
     with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
         n = int(hdul[1].header["NAXIS1"]) * int(hdul[1].header["NAXIS2"])
         return hdul[1].fileinfo()["datLoc"], hdul[2].fileinfo()["datLoc"], n
+
+
+def read_floor_inplace(path: Path, offsets: tuple[int, int, int]):
+    """The floor as `read_frame` reads: both HDUs with one ``readinto`` (the header between
+    them too) into one buffer, byte-swapped in place to native float32 (offsets known)."""
+    off1, off2, n = offsets
+    buf = np.empty((off2 - off1) // 4 + n, dtype=">f4")
+    with open(path, "rb") as f:
+        f.seek(off1)
+        f.readinto(memoryview(buf).cast("B"))
+    buf = buf.byteswap(inplace=True).view(np.float32)
+    return buf[:n], buf[(off2 - off1) // 4 :]
 
 
 def read_floor(path: Path, offsets: tuple[int, int, int], native: bool = True):
@@ -218,16 +236,17 @@ def bench_stages(root: Path, cfg: dict) -> dict:
         _, setup["first_frame_ms"] = _timed(photometer_frame, frame0, stars, mask)
         setup = {key: round(1e3 * v, 1) for key, v in setup.items()}
 
-        t = {s: [] for s in ("floor", "floor_raw", "verify", *STAGES, "photometer_frame")}
+        t = {s: [] for s in ("floor", "floor_raw", "floor_inplace", *STAGES, "photometer_frame")}
         parts, rows = [], []
         sel = stars.offset_stars
         for rep in range(cfg["repeats"]):
             for path in sim.paths:
                 t["floor"].append(_timed(read_floor, path, offsets[path])[1])
                 t["floor_raw"].append(_timed(read_floor, path, offsets[path], False)[1])
+                t["floor_inplace"].append(_timed(read_floor_inplace, path, offsets[path])[1])
+                t["verify"].append(_timed(verify_frame, path, SECTOR, CAMERA, CCD)[1])
                 frame, dt = _timed(read_frame, path, SECTOR, CAMERA, CCD)
                 t["read"].append(dt)
-                t["verify"].append(_timed(verify_frame, path, SECTOR, CAMERA, CCD)[1])
                 estimator = stars.background(shape, mask)
                 mesh, dt = _timed(estimator.estimate, frame.image, frame.uncert)
                 t["background"].append(dt)
@@ -280,6 +299,8 @@ def bench_stages(root: Path, cfg: dict) -> dict:
             "frame_cost_over_section_floor": round(ms["frame_cost"] / ms["floor"], 3),
             "frame_cost_over_read_floor_paired": round(float(np.median(paired)), 3),
             "frame_cost_over_raw_read": round(ms["frame_cost"] / ms["floor_raw"], 3),
+            # the floor read the way read_frame reads (faster than the floor above)
+            "frame_cost_over_inplace_floor": round(ms["frame_cost"] / ms["floor_inplace"], 3),
         }
         frame = read_frame(sim.paths[0], SECTOR, CAMERA, CCD)
         mesh = stars.background(shape, mask).estimate(frame.image, frame.uncert)
@@ -340,7 +361,7 @@ def compare_photutils(stars, frame, mesh, ms: dict, n_single: int) -> dict:
     var_w = ap.weights @ (uncert.astype(np.float64) ** 2).ravel()
     ref_sum = np.zeros(len(xc))
     ref_err = np.zeros(len(xc))
-    kw = {"error": uncert, "method": "subpixel", "subpixels": 5}
+    kw = {"error": uncert, "method": "exact"}
     aperture_photometry(image, CircularAperture([(xc[0], yc[0])], r=2.0), **kw)  # warm-up
     t0 = time.perf_counter()
     for r in np.unique(stars.radius):
@@ -821,6 +842,7 @@ def bench_find_variables(root: Path, cfg: dict) -> dict:
     log(f"find-variables: synthetic lake {cfg['fv_stars']} stars x {cfg['fv_cadences']}")
     rows, gen = _timed(make_synthetic_lake, lake, cfg["fv_stars"], cfg["fv_cadences"])
     _rss_reset()
+    cpu0 = os.times()
     try:
         summary, secs = _timed(find_variables, SECTOR, CAMERA, CCD, lake=lake)
     except Exception as exc:  # a colleague's flow in progress: report, do not fail the bench
@@ -831,9 +853,14 @@ def bench_find_variables(root: Path, cfg: dict) -> dict:
         }
     finally:
         shutil.rmtree(lake, ignore_errors=True)
+    cpu1 = os.times()
     log(f"find-variables: {secs:.1f} s")
     return {
         "seconds": round(secs, 2),
+        # process CPU (user + system, all threads) and the load average: the wall time
+        # depends on how much of the machine other processes take
+        "cpu_s": round(cpu1.user - cpu0.user + cpu1.system - cpu0.system, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
         "generate_lake_s": round(gen, 2),
         "peak_rss_mb": round(_rss_mb(), 1),
         "step_seconds": summary.get("seconds"),
@@ -863,6 +890,8 @@ def summarize(res: dict, quick: bool) -> dict:
     res["frame_cost_over_read_floor"] = max(
         s["frame_cost_over_read_floor"] for s in stages.values()
     )
+    if "flow" not in res or "find_variables" not in res:  # a partial run (--only)
+        return _targets(res)
     full, scaling = res["flow"]["full"], res["flow"]["scaling"]
     run = max(full["runs"], key=lambda r: r["frames"])
     res["flow_frames_per_s"] = run["photometry_frames_per_s"]
@@ -877,6 +906,10 @@ def summarize(res: dict, quick: bool) -> dict:
     res["find_variables_s_10k_x_1k"] = None if quick else fv.get("seconds")
     if fv.get("seconds") is None:
         res["find_variables_note"] = fv.get("reason")
+    return _targets(res)
+
+
+def _targets(res: dict) -> dict:
     res["targets"] = {
         k: {"value": res.get(k), "target": f"{op} {lim:g}", "met": _check(res.get(k), (op, lim))}
         for k, (op, lim) in TARGETS.items()
@@ -893,6 +926,8 @@ def table(res: dict) -> str:
     lines = [head, "-" * len(head)]
     rows = [
         ("read floor (image+uncert HDUs)", "floor"),
+        ("  one read + in-place byte swap", "floor_inplace"),
+        ("verify (verify_frame)", "verify"),
         ("read FITS (read_frame)", "read"),
         ("background (sky mesh)", "background"),
         ("pointing offset", "pointing"),
@@ -927,11 +962,9 @@ def table(res: dict) -> str:
         for key in ("max_rel_diff_sum_pipeline",)
     ]
     lines.append(f"{'max |sum - photutils| / sum':34s}" + "".join(f"{d:9.0e}" for d in diffs))
-    lines.append(
-        f"{'(verify_frame, in the flow)':34s}"
-        + "".join(f"{stages[k]['ms']['verify']:9.1f}" for k in keys)
-    )
-    flow = res["flow"]
+    flow = res.get("flow")
+    if flow is None or "find_variables" not in res:  # a partial run (--only)
+        return "\n".join([*lines, "", "targets:", *_target_lines(res)])
     full, scaling = flow["full"], flow["scaling"]
     lines += [
         "",
@@ -974,11 +1007,16 @@ def table(res: dict) -> str:
         )
     else:
         lines.append(f"find-variables: not measured ({fv.get('reason')})")
-    lines += ["", "targets:"]
+    lines += ["", "targets:", *_target_lines(res)]
+    return "\n".join(lines)
+
+
+def _target_lines(res: dict) -> list[str]:
+    lines = []
     for k, v in res["targets"].items():
         mark = {True: "met", False: "MISSED", None: "n/a"}[v["met"]]
         lines.append(f"  {k:44s}{v['value']!s:>14} {v['target']:>8}  {mark}")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -987,7 +1025,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="results JSON (default bench/results.json)")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all); "
+        "a partial run writes JSON only with --out",
+    )
     args = ap.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if not only or any(x not in SECTIONS for x in only):
+        ap.error(f"--only takes sections of {', '.join(SECTIONS)}, not {args.only!r}")
+    partial = set(only) != set(SECTIONS)
     cfg = dict(QUICK if args.quick else FULL)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="tess-ffi-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -998,6 +1046,8 @@ def main(argv: list[str] | None = None) -> dict:
         atexit.register(shutil.rmtree, home, ignore_errors=True)
         os.environ["PREFECT_HOME"] = home
     out = Path(args.out) if args.out else Path(__file__).with_name("results.json")
+    if partial and not args.out:
+        out = None  # never overwrite the full results with a partial run
     t0 = time.perf_counter()
     res: dict = {
         "quick": args.quick,
@@ -1011,19 +1061,30 @@ def main(argv: list[str] | None = None) -> dict:
         "config": cfg,
     }
     try:
-        res["stages"] = bench_stages(root, cfg)
-        res["flow"] = bench_flow(root, cfg)
-        res["find_variables"] = bench_find_variables(root, cfg)
+        if "stages" in only:
+            res["stages"] = bench_stages(root, cfg)
+        if "flow" in only:
+            res["flow"] = bench_flow(root, cfg)
+        if "find-variables" in only:
+            res["find_variables"] = bench_find_variables(root, cfg)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     res["machine"]["load_average_end"] = list(os.getloadavg())
     res["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    summarize(res, args.quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=float) + "\n")
-    print(table(res))
-    print(f"\nresults: {out} ({res['elapsed_s']:.0f} s)")
+    if partial:
+        if "stages" in res:
+            print(table(summarize(res, args.quick)))
+        else:
+            parts = {k: res[k] for k in ("flow", "find_variables") if k in res}
+            print(json.dumps(parts, indent=2, default=float))
+    else:
+        summarize(res, args.quick)
+        print(table(res))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=float) + "\n")
+    print(f"\nresults: {out or 'not written (partial run)'} ({res['elapsed_s']:.0f} s)")
     return res
 
 

@@ -866,7 +866,14 @@ def _window_kernel():
                 except ImportError:  # pragma: no cover - numba is a dependency
                     _KERNEL.append(None)
                 else:
-                    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+                    # reassoc + contract: the sums may be reordered and fused (~10 % faster; results
+                    # move by ~1e-12 relative); no nnan/ninf, the NaN checks must stay
+                    jit = numba.njit(
+                        cache=True,
+                        nogil=True,
+                        error_model="numpy",
+                        fastmath={"reassoc", "contract"},
+                    )
                     _KERNEL.append(jit(_measure_windows))
     return _KERNEL[0]
 

@@ -44,7 +44,7 @@ def test_kernel_matches_numpy_path(monkeypatch, dtype, dx, dy, with_errors):
     ref = placed.measure(image, err, mesh, dx, dy)
     np.testing.assert_array_equal(fast.quality, ref.quality)
     assert np.any(fast.quality != 0)  # the scene does flag stars (edge, NaN, saturated)
-    for field in ("flux", "flux_err", "bkg", "x", "y"):
+    for field in ("flux", "flux_err", "bkg", "x", "y"):  # the kernel may reorder its sums
         np.testing.assert_allclose(
-            getattr(fast, field), getattr(ref, field), rtol=1e-12, atol=1e-9, equal_nan=True
+            getattr(fast, field), getattr(ref, field), rtol=1e-10, atol=1e-9, equal_nan=True
         )
