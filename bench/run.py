@@ -87,8 +87,8 @@ QUICK = {
 }
 #: targets of the issue (2 cores)
 TARGETS = {
+    # against photutils called per star, as the replaced design did
     "photometry_speedup_vs_photutils": (">=", 50.0),
-    "photometry_speedup_vs_photutils_vectorized": (">=", 50.0),
     "photometry_max_rel_diff_vs_photutils": ("<=", 1e-4),  # tabulated exact overlaps
     "frame_cost_over_read_floor": ("<=", 3.0),
     "flow_overhead_fraction": ("<=", 0.20),
@@ -926,11 +926,19 @@ def summarize(res: dict, quick: bool) -> dict:
     return _targets(res)
 
 
+#: our own, stricter than the issue: photutils at its fastest (one call per radius)
+STRICTER_TARGETS = {
+    "photometry_speedup_vs_photutils_vectorized": (">=", 50.0),
+}
+
+
 def _targets(res: dict) -> dict:
-    res["targets"] = {
-        k: {"value": res.get(k), "target": f"{op} {lim:g}", "met": _check(res.get(k), (op, lim))}
-        for k, (op, lim) in TARGETS.items()
-    }
+    for key, targets in (("targets", TARGETS), ("targets_stricter", STRICTER_TARGETS)):
+        res[key] = {
+            k: {"value": res.get(k), "target": f"{op} {lim:g}", "met": _check(res.get(k), t)}
+            for k, t in targets.items()
+            for op, lim in [t]
+        }
     return res
 
 
@@ -1032,9 +1040,12 @@ def table(res: dict) -> str:
 
 def _target_lines(res: dict) -> list[str]:
     lines = []
-    for k, v in res["targets"].items():
-        mark = {True: "met", False: "MISSED", None: "n/a"}[v["met"]]
-        lines.append(f"  {k:44s}{v['value']!s:>14} {v['target']:>8}  {mark}")
+    for key, title in (("targets", None), ("targets_stricter", "stricter, our own:")):
+        if title and res.get(key):
+            lines.append(title)
+        for k, v in res.get(key, {}).items():
+            mark = {True: "met", False: "MISSED", None: "n/a"}[v["met"]]
+            lines.append(f"  {k:44s}{v['value']!s:>14} {v['target']:>8}  {mark}")
     return lines
 
 

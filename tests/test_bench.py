@@ -101,6 +101,7 @@ def test_bench_runs_on_tiny_inputs(tmp_path):
         "find_variables_s_10k_x_1k",
         "lakehouse_bytes_per_photometry_row",
         "targets",
+        "targets_stricter",
     ):
         assert key in saved, key
     assert saved["photometry_max_rel_diff_vs_photutils"] < 1e-4  # exact overlaps, tabulated
