@@ -131,3 +131,25 @@ def test_pure_noise_is_not_variable():
     s = np.full_like(y, 0.001)
     res = analyze(t, y, s, np.ones(y.shape, bool), population=False)
     assert not res.columns["is_variable"].any()
+
+
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_spotted_star_with_an_offset_periodogram_peak_is_not_a_flare(seed):
+    # red noise in every star makes the whitened periodogram's peak of a 1.88-d rotator ~5 %
+    # short; a harmonic baseline at that period drifts by ~1/6 cycle over 3 rotations and its
+    # leftover crests looked like a flare (FLARE, no period). At the refined frequency: ROT.
+    from tasks.simulate import variability_model
+
+    rng = np.random.default_rng(seed)
+    t = sector_times(300)
+    n, sig = 300, 2.3e-4
+    walk = np.cumsum(rng.normal(0, 1, (n, t.size)), axis=1)
+    walk = np.array([np.convolve(w - w.mean(), np.ones(24) / 24, mode="same") for w in walk])
+    y = rng.normal(0, sig, (n, t.size)) + 0.7 * sig * walk / walk.std(axis=1, keepdims=True)
+    spots = {"period": 1.8789, "t0": 1326.80, "amp": 0.0139, "harm": 0.173, "harm_phase": 5.93}
+    spots |= {"env_amp": 0.267, "env_period": 27.15, "env_phase": 3.30}
+    y[0] += variability_model("ROT", spots, t) - 1
+    res = analyze(t, y, np.full_like(y, sig), np.ones(y.shape, bool), population=True)
+    assert abs(res.columns["ls_period"][0] / spots["period"] - 1) > 0.02  # the offset peak
+    assert res.var_type[0] == "ROT"
+    assert res.period[0] == pytest.approx(spots["period"], rel=0.01)
