@@ -769,6 +769,7 @@ def _measure_windows(
             bad = hot = 0
             is_edge = False
             inside = yi - half >= r0 and yi + half < r1 and xi - half >= c0 and xi + half < c1
+            summed = False  # True when the unchecked pass over an inside window is final
             if inside:  # all window pixels are science pixels: NaN/inf show in the sums
                 base = yi * ncols + xi
                 for j in range(n_slots):
@@ -786,23 +787,11 @@ def _measure_windows(
                     if has_err:
                         we = w * np.float64(err[q])
                         a6 += we * we
-                if math.isfinite(a0 + a1 + a2 + a6):
-                    sums[0, i] = a0
-                    sums[1, i] = a1
-                    sums[2, i] = a2
-                    sums[3, i] = a3
-                    sums[4, i] = a4
-                    sums[5, i] = a5
-                    sums[6, i] = a6
-                    n_bad[i] = 0
-                    n_sat[i] = hot
-                    fx[i] = x0 - x
-                    fy[i] = y0 - y
-                    edge[i] = False
-                    continue
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = 0.0  # again, pixel by pixel
-                hot = 0
-            for j in range(n_slots):
+                summed = math.isfinite(a0 + a1 + a2 + a6)
+                if not summed:
+                    a0 = a1 = a2 = a3 = a4 = a5 = a6 = 0.0  # again, pixel by pixel
+                    hot = 0
+            for j in range(0 if summed else n_slots):
                 w = wbuf[j]
                 if w == 0.0:
                     continue
